@@ -1,0 +1,283 @@
+//! The client side of a tunnel: [`ClientReader`] reads the client's frames and yields
+//! their payloads in place, [`ClientWriter`] is the one writer of the frames we send.
+//!
+//! The reader owns one buffer that grows while reads fill it (to a bound) and shrinks
+//! when traffic slows, so an idle tunnel holds little; payloads are unmasked in that buffer
+//! and handed out as ranges, never copied. Every WebSocket frame the server sends goes
+//! through the [`ClientWriter`], whole, one frame at a time.
+//!
+//! The Go server can panic when two goroutines write to one websocket; here the relay
+//! direction, the pong and the close handshake (and, in mux mode, every stream) take turns
+//! through an async lock local to the worker. It also remembers what must never happen
+//! twice or after a failure: a second close frame, or a write after a write was cut short
+//! (a cancelled TLS write leaves the stream unusable, so the writer is then poisoned). It
+//! does not decode anything and knows nothing of destinations.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::ops::Range;
+use std::task::{Poll, Waker};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::time::Instant;
+
+use crate::ws::{self, OpCode, ProtocolError};
+
+/// First size of the read buffer: small, so an idle tunnel holds little.
+pub const INITIAL_BUFFER: usize = 4 * 1024;
+/// Largest size a buffer grows to while reads keep filling it.
+pub const MAX_BUFFER: usize = 64 * 1024;
+
+/// What the client sent next, for the tunnel to act on. Pongs are swallowed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// Payload bytes of a data frame, unmasked, at this range of [`ClientReader::buf`].
+    Data(Range<usize>),
+    /// A ping; its payload is [`ClientReader::control_payload`].
+    Ping,
+    /// A close frame with its code, if it had one.
+    Close(Option<u16>),
+}
+
+/// Why the client's frames ended without a close frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The connection closed or failed.
+    Gone,
+    /// The client broke RFC 6455; answer with `close_code()` and end.
+    Protocol(ProtocolError),
+}
+
+/// Reads and decodes the client's frames.
+pub struct ClientReader<R> {
+    /// The client connection's read half.
+    inner: R,
+    /// Frame decoder state carried across reads.
+    decoder: ws::Decoder,
+    /// Bytes read from the client; those before `pos` are consumed.
+    buf: Vec<u8>,
+    pos: usize,
+    /// The last read filled the buffer: grow it before the next.
+    filled: bool,
+}
+
+impl<R: AsyncReadRent> ClientReader<R> {
+    /// A reader over `inner`, starting with bytes that arrived with the request head.
+    pub fn new(inner: R, early: Vec<u8>) -> Self {
+        let mut buf = early;
+        if buf.capacity() < INITIAL_BUFFER {
+            buf.reserve_exact(INITIAL_BUFFER - buf.len());
+        }
+        Self {
+            inner,
+            decoder: ws::Decoder::new(),
+            buf,
+            pos: 0,
+            filled: false,
+        }
+    }
+
+    /// The buffer that [`Incoming::Data`] ranges point into. A caller may take it (to
+    /// write from it without a copy) and must put it back before the next call.
+    pub fn buf_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    pub fn buf(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The payload of the last ping.
+    pub fn control_payload(&self) -> &[u8] {
+        self.decoder.control_payload()
+    }
+
+    /// The next thing the client sent. `activity` is set whenever bytes arrive.
+    pub async fn next(&mut self, activity: &Cell<Instant>) -> Result<Incoming, ReadEnd> {
+        loop {
+            while self.pos < self.buf.len() {
+                let (event, consumed) = self
+                    .decoder
+                    .decode(&mut self.buf[self.pos..])
+                    .map_err(ReadEnd::Protocol)?;
+                let base = self.pos;
+                self.pos += consumed;
+                match event {
+                    None => break,
+                    Some(ws::Event::Data(range)) => {
+                        return Ok(Incoming::Data(base + range.start..base + range.end))
+                    }
+                    Some(ws::Event::Ping) => return Ok(Incoming::Ping),
+                    Some(ws::Event::Pong) => {}
+                    Some(ws::Event::Close(code)) => return Ok(Incoming::Close(code)),
+                }
+            }
+            self.refill(activity).await?;
+        }
+    }
+
+    async fn refill(&mut self, activity: &Cell<Instant>) -> Result<(), ReadEnd> {
+        // Keep bytes the decoder did not take at the front.
+        let pos = self.pos.min(self.buf.len());
+        let kept = self.buf.len() - pos;
+        if kept > 0 && pos > 0 {
+            self.buf.copy_within(pos.., 0);
+        }
+        self.buf.truncate(kept);
+        self.pos = 0;
+        let capacity = self.buf.capacity();
+        if self.filled && capacity < MAX_BUFFER {
+            self.buf.reserve_exact(capacity.min(MAX_BUFFER - capacity));
+        } else if !self.filled && capacity > INITIAL_BUFFER {
+            // Traffic has slowed: give the large buffer back.
+            self.buf.shrink_to(INITIAL_BUFFER.max(kept));
+        }
+        let start = self.buf.len();
+        let end = self.buf.capacity();
+        let buf = std::mem::take(&mut self.buf);
+        let (result, slice) = self.inner.read(buf.slice_mut(start..end)).await;
+        self.buf = slice.into_inner();
+        match result {
+            Ok(0) | Err(_) => Err(ReadEnd::Gone),
+            Ok(n) => {
+                activity.set(Instant::now());
+                self.filled = n == end - start;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Room kept in front of payload buffers for the largest frame header (10 bytes), so a
+/// data frame goes out as one contiguous write with no copy.
+pub const HEADER_ROOM: usize = 10;
+
+/// The write half of a client connection, shared by the tasks of one tunnel.
+pub struct ClientWriter<W> {
+    /// The write half, absent while a task is writing with it.
+    inner: RefCell<Option<W>>,
+    /// Tasks waiting for their turn.
+    waiters: RefCell<Vec<Waker>>,
+    /// A close frame has been sent: nothing may follow it.
+    close_sent: Cell<bool>,
+    /// A write was cancelled or failed part-way: the stream is unusable.
+    poisoned: Cell<bool>,
+}
+
+/// One turn at the writer; gives the write half back when dropped. If the turn is dropped
+/// with a write in progress, the writer is poisoned.
+struct Turn<'a, W> {
+    owner: &'a ClientWriter<W>,
+    inner: Option<W>,
+    writing: bool,
+}
+
+impl<W> Drop for Turn<'_, W> {
+    fn drop(&mut self) {
+        if self.writing {
+            self.owner.poisoned.set(true);
+        }
+        *self.owner.inner.borrow_mut() = self.inner.take();
+        for waker in self.owner.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+impl<W: AsyncWriteRent> ClientWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner: RefCell::new(Some(inner)),
+            waiters: RefCell::new(Vec::new()),
+            close_sent: Cell::new(false),
+            poisoned: Cell::new(false),
+        }
+    }
+
+    async fn turn(&self) -> Turn<'_, W> {
+        poll_fn(|cx| match self.inner.borrow_mut().take() {
+            Some(inner) => Poll::Ready(Turn {
+                owner: self,
+                inner: Some(inner),
+                writing: false,
+            }),
+            None => {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Whether frames can still be sent.
+    pub fn is_open(&self) -> bool {
+        !self.close_sent.get() && !self.poisoned.get()
+    }
+
+    /// Writes `buf` as it is (already framed). Returns the buffer for reuse.
+    async fn write_raw<T: IoBuf>(&self, buf: T) -> (io::Result<()>, T) {
+        let mut turn = self.turn().await;
+        if !self.is_open() {
+            return (Err(io::ErrorKind::BrokenPipe.into()), buf);
+        }
+        // `turn.inner` is always Some while the turn is alive.
+        let Some(inner) = turn.inner.as_mut() else {
+            return (Err(io::ErrorKind::BrokenPipe.into()), buf);
+        };
+        turn.writing = true;
+        let (result, buf) = inner.write_all(buf).await;
+        turn.writing = false;
+        if result.is_err() {
+            self.poisoned.set(true);
+        }
+        (result.map(|_| ()), buf)
+    }
+
+    /// Sends `buf[HEADER_ROOM..]` as one binary frame, writing its header into the room in
+    /// front of it. Returns the buffer for reuse.
+    pub async fn send_binary(&self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let payload_len = buf.len() - HEADER_ROOM;
+        let mut header = [0u8; 10];
+        let header_len = ws::encode_header(OpCode::Binary, payload_len as u64, &mut header);
+        let start = HEADER_ROOM - header_len;
+        buf[start..HEADER_ROOM].copy_from_slice(&header[..header_len]);
+        let (result, slice) = self.write_raw(buf.slice(start..)).await;
+        (result, slice.into_inner())
+    }
+
+    /// Sends a small frame (a pong or a short data frame).
+    pub async fn send_small(&self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+        let mut frame = Vec::with_capacity(payload.len() + 10);
+        ws::encode_frame(opcode, payload, &mut frame);
+        self.write_raw(frame).await.0
+    }
+
+    /// Sends a close frame, once; later calls do nothing.
+    pub async fn send_close(&self, code: u16, reason: &str) -> io::Result<()> {
+        if !self.is_open() {
+            return Ok(());
+        }
+        let mut frame = Vec::with_capacity(4 + reason.len().min(123));
+        ws::encode_close(code, reason, &mut frame);
+        let result = self.write_raw(frame).await.0;
+        self.close_sent.set(true);
+        result
+    }
+
+    /// Flushes and closes the connection's write side (TLS close_notify, then FIN), unless
+    /// the stream is unusable.
+    pub async fn shutdown(&self) {
+        let mut turn = self.turn().await;
+        if self.poisoned.get() {
+            return;
+        }
+        if let Some(inner) = turn.inner.as_mut() {
+            turn.writing = true;
+            let _ = inner.shutdown().await;
+            turn.writing = false;
+        }
+        self.poisoned.set(true);
+    }
+}

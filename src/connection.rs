@@ -1,0 +1,227 @@
+//! One data-port connection from accept to tunnel: the TLS handshake, request heads (with
+//! keep-alive for ordinary web requests), the route lookup, the upgrade checks of RFC 6455,
+//! the choice of mode, and the `101` that hands the connection to a tunnel.
+//!
+//! Strangers get what an nginx would give them (a 404 page); only a known path with a valid
+//! upgrade reaches [`crate::tunnel`] or [`crate::mux`]. Nothing here reads frames.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use crate::http::{self, HeadError, RequestHead};
+use crate::routes::Route;
+use crate::tunnel;
+use crate::worker::Worker;
+
+/// Most requests served on one keep-alive connection before it is closed.
+const MAX_REQUESTS: usize = 100;
+
+/// The tunnel mode a client asked for (or got by default), SPEC 4.2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One byte stream to `dst` (`smux_off`).
+    Plain,
+    /// smux v1 streams, each to its own `dst` connection (`smux_on`).
+    Mux,
+}
+
+/// The subprotocol to select and echo, and the mode: the server prefers `smux_on`, then
+/// `smux_off`; a client that offers neither gets `mux_default` and no echo.
+pub fn choose_mode(offered: &[String], mux_default: bool) -> (Mode, Option<&'static str>) {
+    if offered.iter().any(|p| p == "smux_on") {
+        (Mode::Mux, Some("smux_on"))
+    } else if offered.iter().any(|p| p == "smux_off") {
+        (Mode::Plain, Some("smux_off"))
+    } else if mux_default {
+        (Mode::Mux, None)
+    } else {
+        (Mode::Plain, None)
+    }
+}
+
+/// Why a request to a known path is not a valid upgrade: the status and extra headers.
+pub fn check_upgrade(head: &RequestHead) -> Result<(), (u16, &'static str)> {
+    if head.method != "GET" {
+        return Err((405, "Allow: GET\r\n"));
+    }
+    if !(head.connection_upgrade && head.upgrade_websocket) {
+        return Err((426, "Upgrade: websocket\r\n"));
+    }
+    if head.minor_version != 1 {
+        return Err((400, ""));
+    }
+    if head.ws_version.as_deref() != Some("13") {
+        return Err((426, "Sec-WebSocket-Version: 13\r\n"));
+    }
+    if head.ws_key.as_deref().is_none_or(str::is_empty) {
+        return Err((400, ""));
+    }
+    if head.transfer_encoding || head.content_length.is_some_and(|n| n > 0) {
+        return Err((400, ""));
+    }
+    Ok(())
+}
+
+/// Serves one accepted connection until it is done.
+pub async fn handle(stream: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
+    let deadline = Instant::now() + http::HEAD_TIMEOUT;
+    let _ = stream.set_nodelay(true);
+    match &worker.tls {
+        Some(acceptor) => match monoio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => serve(tls, peer, &worker, deadline).await,
+            Ok(Err(e)) => log::debug!("client {peer}: TLS handshake failed: {e}"),
+            Err(_) => log::debug!("client {peer}: TLS handshake timed out"),
+        },
+        None => serve(stream, peer, &worker, deadline).await,
+    }
+}
+
+async fn serve<S>(mut stream: S, peer: SocketAddr, worker: &Worker, mut deadline: Instant)
+where
+    S: AsyncReadRent + AsyncWriteRent + Splitable,
+    S::OwnedRead: AsyncReadRent,
+    S::OwnedWrite: AsyncWriteRent + 'static,
+{
+    let mut buf = Vec::new();
+    for _ in 0..MAX_REQUESTS {
+        let (result, rest) = http::read_head(&mut stream, buf, deadline).await;
+        buf = rest;
+        let (head, head_len) = match result {
+            Ok(parsed) => parsed,
+            Err(HeadError::Closed { .. }) => return,
+            Err(HeadError::Timeout) => {
+                log::debug!("client {peer}: request head timed out");
+                return;
+            }
+            Err(e) => {
+                log::debug!("client {peer}: bad request head: {e:?}");
+                let status = if e == HeadError::TooLarge { 431 } else { 400 };
+                let _ = stream
+                    .write_all(http::error_page(status, "", false, true))
+                    .await;
+                return;
+            }
+        };
+        let route = http::route_key(&head.target)
+            .and_then(|key| worker.routes.borrow().lookup(&key).cloned());
+        // A body we do not read would be taken for the next request: close after answering.
+        let has_body = head.transfer_encoding || head.content_length.is_some_and(|n| n > 0);
+        let keep_alive = head.keep_alive() && !has_body;
+        let with_body = head.method != "HEAD";
+        let refusal = match &route {
+            None => {
+                log::debug!("client {peer}: {} {}: 404", head.method, head.target);
+                Some((404, ""))
+            }
+            Some(route) => check_upgrade(&head).err().inspect(|(status, _)| {
+                log::debug!(
+                    "client {peer} path {}: not a valid upgrade: {status}",
+                    route.path
+                )
+            }),
+        };
+        if let Some((status, extra)) = refusal {
+            let page = http::error_page(status, extra, keep_alive, with_body);
+            let (result, _) = stream.write_all(page).await;
+            if result.is_err() || !keep_alive {
+                return;
+            }
+            buf.drain(..head_len);
+            deadline = Instant::now() + http::HEAD_TIMEOUT;
+            continue;
+        }
+        // Both are Some here: a refusal was answered above.
+        let Some(route) = route else { return };
+        buf.drain(..head_len);
+        upgrade(stream, peer, worker, head, route, buf).await;
+        return;
+    }
+}
+
+/// Answers a valid upgrade and runs the tunnel it asked for.
+async fn upgrade<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    worker: &Worker,
+    head: RequestHead,
+    route: Arc<Route>,
+    early: Vec<u8>,
+) where
+    S: AsyncReadRent + AsyncWriteRent + Splitable,
+    S::OwnedRead: AsyncReadRent,
+    S::OwnedWrite: AsyncWriteRent + 'static,
+{
+    let (mode, protocol) = choose_mode(&head.ws_protocols, worker.settings.mux_default);
+    let accept = http::websocket_accept(head.ws_key.as_deref().unwrap_or_default());
+    match mode {
+        Mode::Plain => {
+            let dst = match tunnel::dial(&route.dst).await {
+                Ok(dst) => dst,
+                Err(e) => {
+                    log::error!(
+                        "backend {} for path {}: dial failed: {e} (client {peer})",
+                        route.dst,
+                        route.path
+                    );
+                    let page = http::error_page(502, "", false, true);
+                    let _ = stream.write_all(page).await;
+                    return;
+                }
+            };
+            let response = http::switching_protocols(&accept, protocol);
+            if stream.write_all(response).await.0.is_err() {
+                return;
+            }
+            log::debug!(
+                "client {peer} path {}: plain tunnel to {} open",
+                route.path,
+                route.dst
+            );
+            let (mut reader, writer) = tunnel::split_client(stream, early);
+            let end = tunnel::run(&mut reader, &writer, dst, worker.settings.idle_timeout).await;
+            log::debug!(
+                "client {peer} path {}: plain tunnel ended: {end:?}",
+                route.path
+            );
+        }
+        Mode::Mux => {
+            let response = http::switching_protocols(&accept, protocol);
+            if stream.write_all(response).await.0.is_err() {
+                return;
+            }
+            log::debug!("client {peer} path {}: mux session open", route.path);
+            let (reader, writer) = tunnel::split_client(stream, early);
+            let path = route.path.clone();
+            let end = crate::mux::run(reader, writer, route, worker.settings.clone()).await;
+            log::debug!("client {peer} path {path}: mux session ended: {end:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offered(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn mode_preference() {
+        assert_eq!(
+            choose_mode(&offered(&["smux_off", "smux_on"]), false),
+            (Mode::Mux, Some("smux_on"))
+        );
+        assert_eq!(
+            choose_mode(&offered(&["x", "smux_off"]), true),
+            (Mode::Plain, Some("smux_off"))
+        );
+        assert_eq!(choose_mode(&offered(&["x"]), true), (Mode::Mux, None));
+        assert_eq!(choose_mode(&[], false), (Mode::Plain, None));
+    }
+}

@@ -1,0 +1,46 @@
+//! `mtt-mu-server`: the multi-user server of mos-tls-tunnel. Many users share one port;
+//! each user's client opens a WebSocket (usually over TLS), the HTTP path of the upgrade
+//! picks the user, and the bytes inside the WebSocket are relayed to that user's TCP
+//! destination. A panel adds and removes users at run time through a JSON controller.
+//!
+//! Thread per core: each worker runs a monoio (io_uring) runtime with its own SO_REUSEPORT
+//! listener and its own copy of the routes; the controller thread owns the authoritative
+//! table and broadcasts every change to the workers, replying only when all have it. The
+//! data path takes no lock.
+//!
+//! # Layout
+//!
+//! Data flows down this list: accept, TLS, head, route, tunnel.
+//!
+//! - [`config`]: argv in Go's flag syntax to a [`config::Config`]; Go durations.
+//! - [`server`]: start-up; binds every listener, starts workers and the controller.
+//! - [`worker`]: one thread per core: runtime, SO_REUSEPORT listener, accept loop, panic
+//!   containment.
+//! - [`tls`]: the rustls configuration (files or self-signed), ALPN, resumption.
+//! - [`connection`]: one data-port connection from TLS handshake to tunnel: heads,
+//!   routing, upgrade checks, mode choice.
+//! - [`http`]: bounded request-head reading, route keys, canned responses.
+//! - [`ws`]: the RFC 6455 frame codec (server side), in-place unmasking.
+//! - [`client`]: the client side of a tunnel: frame reader (in place) and the single
+//!   frame writer.
+//! - [`tunnel`]: the plain tunnel, and dialing destinations.
+//! - [`mux`]: the smux v1 session (multiplexed mode).
+//! - [`smux`]: the smux v1 frame codec.
+//! - [`task`]: spawning tasks so that a panic ends only its own task.
+//! - [`routes`]: route table, route changes, per-worker copies and their updates.
+//! - [`controller`]: the JSON control API on its own thread.
+
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod controller;
+pub mod http;
+pub mod mux;
+pub mod routes;
+pub mod server;
+pub mod smux;
+pub mod task;
+pub mod tls;
+pub mod tunnel;
+pub mod worker;
+pub mod ws;

@@ -1,0 +1,93 @@
+//! The `mtt-mu-server` binary: Go-style flags, logging, start, exit codes.
+//!
+//! Exit status: 0 after `-h`; 2 for a bad flag or value (as Go's `flag` package); 1 when
+//! the server cannot start (bad certificate, address in use), with a message naming the
+//! file or address.
+
+use std::io::Write;
+
+use mtt_mu_server::config::{self, ArgsError};
+use mtt_mu_server::server;
+
+/// Logs to standard error with a UTC timestamp, the level and the thread (worker) name.
+struct StderrLog {
+    level: log::LevelFilter,
+}
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= self.level && metadata.target().starts_with("mtt_mu_server")
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let line = format!(
+            "{}.{:03} {:<5} [{}] {}\n",
+            now.as_secs(),
+            now.subsec_millis(),
+            record.level(),
+            thread.name().unwrap_or("main"),
+            record.args()
+        );
+        // A failed write to stderr has nowhere to be reported.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Lets the process open as many sockets as its hard limit allows.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a stack struct we own.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let program = args
+        .first()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .and_then(|name| name.to_str())
+        .unwrap_or("mtt-mu-server")
+        .to_string();
+    let config = match config::parse_args(&program, args.get(1..).unwrap_or_default()) {
+        Ok(config) => config,
+        Err(ArgsError::Help(text)) => {
+            print!("{text}");
+            std::process::exit(0);
+        }
+        Err(ArgsError::Usage(text)) => {
+            eprint!("{text}");
+            std::process::exit(2);
+        }
+    };
+    let level = if config.verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    };
+    // Only fails if a logger is already set, which nothing else does.
+    let _ = log::set_logger(Box::leak(Box::new(StderrLog { level })));
+    log::set_max_level(level);
+    raise_fd_limit();
+    match server::start(config) {
+        Ok(running) => running.wait(),
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(1);
+        }
+    }
+}

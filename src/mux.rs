@@ -1,0 +1,484 @@
+//! The multiplexed tunnel (`smux_on`, SPEC 4.3): an xtaci/smux v1 session carried in the
+//! WebSocket byte stream, each stream relayed to its own connection to the user's `dst`.
+//!
+//! The session task reads the client: WebSocket payloads go through the smux decoder, SYN
+//! spawns a stream task (at most [`MAX_STREAMS`] open; a further SYN gets a FIN and the
+//! session goes on), PSH payloads are queued for their stream, FIN closes the stream's
+//! `dst` once its queue is written. A stream task dials `dst`, writes its queue there, and
+//! sends what `dst` sends back as PSH frames through the connection's one
+//! [`ClientWriter`]. Memory is bounded: when a stream's queue holds [`STREAM_QUEUE`]
+//! bytes the session stops reading the client until it drains, so a slow `dst` pushes back
+//! on the client (smux v1 has no per-stream window; the Go client's session budget stalls
+//! the same way). Keepalive as mtt's Go peer expects: a NOP every 30 s, and the session
+//! ends after 70 s in which nothing arrived. Each stream closes after `-timeout` idle.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::time::Instant;
+
+use crate::client::{ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM};
+use crate::routes::Route;
+use crate::smux::{self, Cmd, SmuxError};
+use crate::tunnel;
+use crate::worker::Settings;
+use crate::ws::{self, close_code, OpCode};
+
+/// Most streams open at once in one session (upstream's limit).
+pub const MAX_STREAMS: usize = 16;
+/// A NOP goes to the client this often.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A session from which nothing arrived for this long is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(70);
+/// Largest PSH payload we send: see BENCHMARKS.md for the measurement behind it.
+pub const FRAME_PAYLOAD: usize = 16 * 1024;
+/// Client bytes queued for one stream before the session stops reading the client.
+pub const STREAM_QUEUE: usize = 64 * 1024;
+
+/// How a session ended, tagged with the side that ended it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client sent a WebSocket close frame.
+    ClientClosed,
+    /// The client's connection ended or failed.
+    ClientGone,
+    /// The client broke RFC 6455.
+    ClientWebSocket(ws::ProtocolError),
+    /// The client broke smux (bad version or command).
+    ClientSmux(SmuxError),
+    /// Nothing arrived for [`KEEPALIVE_TIMEOUT`].
+    KeepaliveTimeout,
+}
+
+/// One stream, shared by the session task (which fills its queue) and its stream task.
+struct Stream {
+    sid: u32,
+    /// Client bytes not yet written to `dst`.
+    queue: RefCell<Vec<u8>>,
+    /// The client sent FIN: write the queue, then close `dst`.
+    fin: Cell<bool>,
+    /// The stream is over: the session drops its data.
+    closed: Cell<bool>,
+    /// When a byte last moved either way, for `-timeout`.
+    activity: Cell<Instant>,
+    /// The stream task, to wake when the queue, `fin` or the session changes.
+    task: RefCell<Option<Waker>>,
+}
+
+impl Stream {
+    fn wake_task(&self) {
+        if let Some(waker) = self.task.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// State shared by the session task and its stream tasks.
+struct Session<W> {
+    /// The one writer of the client connection.
+    writer: ClientWriter<W>,
+    /// The streams the client has open, by id (those it has not FINed).
+    streams: RefCell<HashMap<u32, Rc<Stream>>>,
+    /// Every stream task still running (FINed ones flush after leaving `streams`), so that
+    /// ending the session can wake them all.
+    tasks: RefCell<HashMap<u64, Rc<Stream>>>,
+    /// Numbers the entries of `tasks`.
+    next_task: Cell<u64>,
+    /// The session is over: stream tasks return and close their `dst`.
+    ended: Cell<bool>,
+    /// The session task while it waits for room in a stream's queue.
+    reader: RefCell<Option<Waker>>,
+    /// The session task is waiting for a queue to drain: not reading the client is then our
+    /// doing, not the client's silence.
+    stalled: Cell<bool>,
+    route: Arc<Route>,
+    settings: Settings,
+}
+
+impl<W: AsyncWriteRent> Session<W> {
+    fn wake_reader(&self) {
+        if let Some(waker) = self.reader.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    async fn send_frame(&self, cmd: Cmd, sid: u32) {
+        let mut frame = [0u8; smux::HEADER_LEN];
+        smux::encode_header(cmd, sid, 0, &mut frame);
+        let _ = self.writer.send_small(OpCode::Binary, &frame).await;
+    }
+
+    /// Ends a stream: it leaves the session's tables and, if asked, the client gets a FIN.
+    async fn finish(&self, task: u64, stream: &Stream, send_fin: bool) {
+        stream.closed.set(true);
+        self.tasks.borrow_mut().remove(&task);
+        {
+            let mut streams = self.streams.borrow_mut();
+            if streams
+                .get(&stream.sid)
+                .is_some_and(|s| std::ptr::eq(&**s, stream))
+            {
+                streams.remove(&stream.sid);
+            }
+        }
+        self.wake_reader();
+        if send_fin && !self.ended.get() {
+            self.send_frame(Cmd::Fin, stream.sid).await;
+        }
+    }
+}
+
+/// Runs a mux session on an upgraded client connection until it ends; every stream's
+/// `dst` connection is closed by then.
+pub async fn run<R, W>(
+    mut reader: ClientReader<R>,
+    writer: ClientWriter<W>,
+    route: Arc<Route>,
+    settings: Settings,
+) -> SessionEnd
+where
+    R: AsyncReadRent,
+    W: AsyncWriteRent + 'static,
+{
+    let session = Rc::new(Session {
+        writer,
+        streams: RefCell::new(HashMap::new()),
+        tasks: RefCell::new(HashMap::new()),
+        next_task: Cell::new(0),
+        ended: Cell::new(false),
+        reader: RefCell::new(None),
+        stalled: Cell::new(false),
+        route,
+        settings,
+    });
+    let activity = Cell::new(Instant::now());
+    let end = {
+        let mut read = pin!(read_client(&mut reader, &session, &activity));
+        let mut keepalive = pin!(keepalive(&session, &activity));
+        poll_fn(|cx| {
+            if let Poll::Ready(end) = read.as_mut().poll(cx) {
+                return Poll::Ready(end);
+            }
+            keepalive.as_mut().poll(cx)
+        })
+        .await
+    };
+    session.ended.set(true);
+    let tasks: Vec<Rc<Stream>> = session.tasks.borrow().values().cloned().collect();
+    for stream in tasks {
+        stream.wake_task();
+    }
+    match &end {
+        SessionEnd::ClientWebSocket(e) => {
+            let _ = session.writer.send_close(e.close_code(), "").await;
+        }
+        SessionEnd::ClientSmux(_) => {
+            let _ = session
+                .writer
+                .send_close(close_code::PROTOCOL_ERROR, "smux")
+                .await;
+        }
+        SessionEnd::KeepaliveTimeout => {
+            let _ = session
+                .writer
+                .send_close(close_code::GOING_AWAY, "keepalive timeout")
+                .await;
+        }
+        SessionEnd::ClientClosed | SessionEnd::ClientGone => {}
+    }
+    session.writer.shutdown().await;
+    end
+}
+
+/// The session task's main loop: client frames, smux frames, stream queues.
+async fn read_client<R, W>(
+    reader: &mut ClientReader<R>,
+    session: &Rc<Session<W>>,
+    activity: &Cell<Instant>,
+) -> SessionEnd
+where
+    R: AsyncReadRent,
+    W: AsyncWriteRent + 'static,
+{
+    let mut decoder = smux::Decoder::new();
+    loop {
+        let range = match reader.next(activity).await {
+            Ok(Incoming::Data(range)) => range,
+            Ok(Incoming::Ping) => {
+                let pong = reader.control_payload().to_vec();
+                if session
+                    .writer
+                    .send_small(OpCode::Pong, &pong)
+                    .await
+                    .is_err()
+                {
+                    return SessionEnd::ClientGone;
+                }
+                continue;
+            }
+            Ok(Incoming::Close(code)) => {
+                let _ = session
+                    .writer
+                    .send_close(code.unwrap_or(close_code::NORMAL), "")
+                    .await;
+                return SessionEnd::ClientClosed;
+            }
+            Err(ReadEnd::Gone) => return SessionEnd::ClientGone,
+            Err(ReadEnd::Protocol(e)) => return SessionEnd::ClientWebSocket(e),
+        };
+        let mut at = range.start;
+        while at < range.end {
+            let (event, used) = match decoder.decode(&reader.buf()[at..range.end]) {
+                Ok(decoded) => decoded,
+                Err(e) => return SessionEnd::ClientSmux(e),
+            };
+            let base = at;
+            at += used;
+            match event {
+                None | Some(smux::Event::Nop) => {}
+                Some(smux::Event::Syn(sid)) => open_stream(session, sid).await,
+                Some(smux::Event::Fin(sid)) => {
+                    if let Some(stream) = session.streams.borrow_mut().remove(&sid) {
+                        stream.fin.set(true);
+                        stream.wake_task();
+                    }
+                }
+                Some(smux::Event::Data { sid, range: data }) => {
+                    let stream = session.streams.borrow().get(&sid).cloned();
+                    // Data for a stream that is unknown, refused or closed is dropped.
+                    let Some(stream) = stream else { continue };
+                    wait_for_room(session, &stream).await;
+                    if !stream.closed.get() {
+                        let bytes = &reader.buf()[base + data.start..base + data.end];
+                        stream.queue.borrow_mut().extend_from_slice(bytes);
+                        stream.wake_task();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `stream` can take more bytes (or is closed).
+async fn wait_for_room<W>(session: &Session<W>, stream: &Stream) {
+    if stream.closed.get() || stream.queue.borrow().len() < STREAM_QUEUE {
+        return;
+    }
+    session.stalled.set(true);
+    poll_fn(|cx| {
+        if stream.closed.get() || stream.queue.borrow().len() < STREAM_QUEUE {
+            Poll::Ready(())
+        } else {
+            *session.reader.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await;
+    session.stalled.set(false);
+}
+
+async fn open_stream<W: AsyncWriteRent + 'static>(session: &Rc<Session<W>>, sid: u32) {
+    if session.streams.borrow().contains_key(&sid) {
+        // A duplicate SYN: xtaci/smux ignores it too.
+        return;
+    }
+    if session.streams.borrow().len() >= MAX_STREAMS {
+        log::debug!(
+            "client path {}: stream {sid} refused: {MAX_STREAMS} streams open",
+            session.route.path
+        );
+        session.send_frame(Cmd::Fin, sid).await;
+        return;
+    }
+    let stream = Rc::new(Stream {
+        sid,
+        queue: RefCell::new(Vec::new()),
+        fin: Cell::new(false),
+        closed: Cell::new(false),
+        activity: Cell::new(Instant::now()),
+        task: RefCell::new(None),
+    });
+    let task = session.next_task.get();
+    session.next_task.set(task + 1);
+    session.streams.borrow_mut().insert(sid, Rc::clone(&stream));
+    session.tasks.borrow_mut().insert(task, Rc::clone(&stream));
+    crate::task::spawn_contained(stream_task(Rc::clone(session), stream, task));
+}
+
+/// How a stream's relay ended; whether the client should get a FIN for it.
+enum StreamEnd {
+    /// The client FINed and its bytes are written: no FIN back (the client forgot it).
+    ClientFin,
+    /// `dst` closed, failed or went idle: the client gets a FIN.
+    Backend,
+    /// The session ended.
+    Session,
+}
+
+async fn stream_task<W: AsyncWriteRent>(session: Rc<Session<W>>, stream: Rc<Stream>, task: u64) {
+    let end = relay_stream(&session, &stream).await;
+    session
+        .finish(task, &stream, matches!(end, StreamEnd::Backend))
+        .await;
+}
+
+async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) -> StreamEnd {
+    let route = &session.route;
+    let dst = {
+        let mut dial = pin!(tunnel::dial(&route.dst));
+        let dialed = poll_fn(|cx| {
+            if session.ended.get() {
+                return Poll::Ready(None);
+            }
+            *stream.task.borrow_mut() = Some(cx.waker().clone());
+            dial.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        match dialed {
+            None => return StreamEnd::Session,
+            Some(Ok(dst)) => dst,
+            Some(Err(e)) => {
+                log::error!(
+                    "backend {} for path {}: dial failed: {e} (mux stream {})",
+                    route.dst,
+                    route.path,
+                    stream.sid
+                );
+                return StreamEnd::Backend;
+            }
+        }
+    };
+    stream.activity.set(Instant::now());
+    let (dst_read, dst_write) = dst.into_split();
+    let mut up = pin!(upload(stream, session, dst_write));
+    let mut down = pin!(download(stream, session, dst_read));
+    let mut idle = pin!(idle_watch(stream, session.settings.idle_timeout));
+    poll_fn(|cx| {
+        if session.ended.get() {
+            return Poll::Ready(StreamEnd::Session);
+        }
+        *stream.task.borrow_mut() = Some(cx.waker().clone());
+        if let Poll::Ready(end) = up.as_mut().poll(cx) {
+            return Poll::Ready(end);
+        }
+        if down.as_mut().poll(cx).is_ready() || idle.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(StreamEnd::Backend);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The stream's queue to `dst`; on the client's FIN, the rest of the queue, then close.
+async fn upload<W: AsyncWriteRent, D: AsyncWriteRent>(
+    stream: &Stream,
+    session: &Session<W>,
+    mut dst: D,
+) -> StreamEnd {
+    let mut spare = Vec::new();
+    loop {
+        // Woken by the session (more bytes, FIN) through `stream.task`.
+        poll_fn(|_| {
+            if stream.queue.borrow().is_empty() && !stream.fin.get() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        if stream.queue.borrow().is_empty() {
+            let _ = dst.shutdown().await;
+            return StreamEnd::ClientFin;
+        }
+        let data = std::mem::replace(&mut *stream.queue.borrow_mut(), spare);
+        session.wake_reader();
+        let (result, mut data) = dst.write_all(data).await;
+        if result.is_err() {
+            return StreamEnd::Backend;
+        }
+        stream.activity.set(Instant::now());
+        data.clear();
+        // Keep a buffer for next time only if it is not a large one.
+        spare = if data.capacity() <= 2 * FRAME_PAYLOAD {
+            data
+        } else {
+            Vec::new()
+        };
+    }
+}
+
+/// `dst`'s bytes to the client as PSH frames, each in one binary WebSocket frame.
+async fn download<W: AsyncWriteRent, D: AsyncReadRent>(
+    stream: &Stream,
+    session: &Session<W>,
+    mut dst: D,
+) {
+    let room = HEADER_ROOM + smux::HEADER_LEN;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if buf.capacity() < room + FRAME_PAYLOAD {
+            buf = Vec::with_capacity(room + FRAME_PAYLOAD);
+        }
+        buf.clear();
+        buf.resize(room, 0);
+        let (result, slice) = dst.read(buf.slice_mut(room..room + FRAME_PAYLOAD)).await;
+        buf = slice.into_inner();
+        let n = match result {
+            Ok(n) if n > 0 => n,
+            _ => return,
+        };
+        stream.activity.set(Instant::now());
+        let mut header = [0u8; smux::HEADER_LEN];
+        // n <= FRAME_PAYLOAD < 65536.
+        smux::encode_header(Cmd::Psh, stream.sid, n as u16, &mut header);
+        buf[HEADER_ROOM..room].copy_from_slice(&header);
+        let (result, back) = session.writer.send_binary(buf).await;
+        buf = back;
+        if result.is_err() {
+            return;
+        }
+    }
+}
+
+async fn idle_watch(stream: &Stream, timeout: Duration) {
+    loop {
+        let deadline = stream.activity.get() + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        monoio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Sends a NOP every [`KEEPALIVE_INTERVAL`]; completes when nothing has arrived for
+/// [`KEEPALIVE_TIMEOUT`] while we were reading.
+async fn keepalive<W: AsyncWriteRent>(
+    session: &Session<W>,
+    activity: &Cell<Instant>,
+) -> SessionEnd {
+    let mut next_nop = Instant::now() + KEEPALIVE_INTERVAL;
+    loop {
+        let dead_at = activity.get() + KEEPALIVE_TIMEOUT;
+        monoio::time::sleep_until(next_nop.min(dead_at)).await;
+        let now = Instant::now();
+        if now >= activity.get() + KEEPALIVE_TIMEOUT {
+            if !session.stalled.get() {
+                return SessionEnd::KeepaliveTimeout;
+            }
+            // We are the ones not reading: the client is not silent.
+            activity.set(now);
+        }
+        if now >= next_nop {
+            session.send_frame(Cmd::Nop, 0).await;
+            next_nop = now + KEEPALIVE_INTERVAL;
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The plain tunnel (`smux_off`, SPEC 4.1): the payloads of the client's data frames are
+//! the byte stream to the user's `dst`, and bytes from `dst` go back as binary frames.
+//!
+//! Two directions run in one task and stop together: client-to-dst decodes frames in place
+//! (unmasking into the read buffer and writing the payload slice straight to `dst`),
+//! dst-to-client reads into a buffer with room for the frame header in front. Each direction
+//! has one buffer that it reuses; it grows while reads fill it and is bounded, and while a
+//! write waits no more is read, so a slow side slows the other instead of growing memory.
+//! The idle timeout counts bytes in either direction. Dialing `dst` is [`dial`], shared with
+//! mux mode. This module does not parse HTTP or choose the mode.
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use crate::client::{
+    ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM, INITIAL_BUFFER, MAX_BUFFER,
+};
+use crate::ws::{self, close_code, OpCode};
+
+/// Bound on dialing a destination, name resolution included.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the client's close frame after ours.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Connects to `dst` (`IP:PORT` or `HOST:PORT`) within [`DIAL_TIMEOUT`]. Names are
+/// resolved on the runtime's blocking pool so the worker never blocks.
+pub async fn dial(dst: &str) -> io::Result<TcpStream> {
+    match monoio::time::timeout(DIAL_TIMEOUT, dial_unbounded(dst)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "dial timed out")),
+    }
+}
+
+async fn dial_unbounded(dst: &str) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = match dst.parse::<SocketAddr>() {
+        Ok(addr) => vec![addr],
+        Err(_) => {
+            let name = dst.to_string();
+            monoio::spawn_blocking(move || name.to_socket_addrs().map(Vec::from_iter))
+                .await
+                .map_err(|_| io::Error::other("resolver task failed"))??
+        }
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
+    for addr in addrs {
+        match TcpStream::connect_addr(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// How a tunnel ended, for logs and tests; the side that ended it is in the name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The client's connection ended without a close frame.
+    ClientGone,
+    /// The client broke the protocol; we sent this close code.
+    ClientProtocol(ws::ProtocolError),
+    /// `dst` closed its side; we sent a close frame.
+    BackendClosed,
+    /// Reading from or writing to `dst` failed.
+    BackendError,
+    /// No bytes in either direction for the idle timeout.
+    Idle,
+}
+
+/// Runs a plain tunnel between a client (its frame reader and writer) and a connected
+/// `dst`, until either side ends it.
+pub async fn run<R, W>(
+    client: &mut ClientReader<R>,
+    writer: &ClientWriter<W>,
+    dst: TcpStream,
+    idle_timeout: Duration,
+) -> TunnelEnd
+where
+    R: AsyncReadRent,
+    W: AsyncWriteRent,
+{
+    let (dst_read, dst_write) = dst.into_split();
+    let activity = Cell::new(Instant::now());
+    let mut up = pin!(client_to_dst(client, dst_write, writer, &activity));
+    let mut down = pin!(dst_to_client(dst_read, writer, &activity));
+    let mut idle = pin!(idle_watch(&activity, idle_timeout));
+
+    let first = poll_fn(|cx| {
+        if let Poll::Ready(end) = up.as_mut().poll(cx) {
+            return Poll::Ready(Some(end));
+        }
+        if let Poll::Ready(end) = down.as_mut().poll(cx) {
+            return Poll::Ready(Some(end));
+        }
+        if idle.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+
+    let end = match first {
+        Some(TunnelEnd::BackendClosed) => {
+            // Our close frame is out: give the client a moment to answer it, then go.
+            let _ = monoio::time::timeout(CLOSE_WAIT, up).await;
+            TunnelEnd::BackendClosed
+        }
+        Some(end) => end,
+        None => {
+            writer.send_close(close_code::GOING_AWAY, "idle").await.ok();
+            TunnelEnd::Idle
+        }
+    };
+    writer.shutdown().await;
+    end
+}
+
+/// Client frames to `dst`: each payload slice is written from the read buffer as it comes.
+async fn client_to_dst<R, D, W>(
+    client: &mut ClientReader<R>,
+    mut dst: D,
+    writer: &ClientWriter<W>,
+    activity: &Cell<Instant>,
+) -> TunnelEnd
+where
+    R: AsyncReadRent,
+    D: AsyncWriteRent,
+    W: AsyncWriteRent,
+{
+    loop {
+        match client.next(activity).await {
+            Ok(Incoming::Data(range)) => {
+                let buf = std::mem::take(client.buf_mut());
+                let (result, slice) = dst.write_all(buf.slice(range)).await;
+                *client.buf_mut() = slice.into_inner();
+                if result.is_err() {
+                    writer.send_close(close_code::INTERNAL_ERROR, "").await.ok();
+                    return TunnelEnd::BackendError;
+                }
+            }
+            Ok(Incoming::Ping) => {
+                let pong = client.control_payload().to_vec();
+                if writer.send_small(OpCode::Pong, &pong).await.is_err() {
+                    return TunnelEnd::ClientGone;
+                }
+            }
+            Ok(Incoming::Close(code)) => {
+                // Everything before the close frame is written to dst already.
+                writer
+                    .send_close(code.unwrap_or(close_code::NORMAL), "")
+                    .await
+                    .ok();
+                let _ = dst.shutdown().await;
+                return TunnelEnd::ClientClosed;
+            }
+            Err(ReadEnd::Protocol(e)) => {
+                writer.send_close(e.close_code(), "").await.ok();
+                let _ = dst.shutdown().await;
+                return TunnelEnd::ClientProtocol(e);
+            }
+            Err(ReadEnd::Gone) => {
+                let _ = dst.shutdown().await;
+                return TunnelEnd::ClientGone;
+            }
+        }
+    }
+}
+
+/// Bytes from `dst` to binary frames: read behind the header room, frame in place, send.
+async fn dst_to_client<D, W>(
+    mut dst: D,
+    writer: &ClientWriter<W>,
+    activity: &Cell<Instant>,
+) -> TunnelEnd
+where
+    D: AsyncReadRent,
+    W: AsyncWriteRent,
+{
+    let mut size = INITIAL_BUFFER;
+    let mut buf: Vec<u8> = Vec::with_capacity(HEADER_ROOM + size);
+    loop {
+        buf.clear();
+        buf.resize(HEADER_ROOM, 0);
+        let (result, slice) = dst
+            .read(buf.slice_mut(HEADER_ROOM..HEADER_ROOM + size))
+            .await;
+        buf = slice.into_inner();
+        let n = match result {
+            Ok(0) => {
+                writer.send_close(close_code::NORMAL, "").await.ok();
+                return TunnelEnd::BackendClosed;
+            }
+            Ok(n) => n,
+            Err(_) => {
+                writer.send_close(close_code::INTERNAL_ERROR, "").await.ok();
+                return TunnelEnd::BackendError;
+            }
+        };
+        activity.set(Instant::now());
+        let (result, back) = writer.send_binary(buf).await;
+        buf = back;
+        if result.is_err() {
+            return TunnelEnd::ClientGone;
+        }
+        if n == size && size < MAX_BUFFER {
+            size = (size * 2).min(MAX_BUFFER);
+            buf.reserve_exact(HEADER_ROOM + size - buf.len());
+        } else if n < INITIAL_BUFFER / 2 && size > INITIAL_BUFFER {
+            size = INITIAL_BUFFER;
+            buf = Vec::with_capacity(HEADER_ROOM + size);
+        }
+    }
+}
+
+/// Completes once no byte has moved in either direction for `timeout`.
+async fn idle_watch(activity: &Cell<Instant>, timeout: Duration) {
+    loop {
+        let deadline = activity.get() + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        monoio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Splits a client stream into a frame reader (starting with the bytes that came after the
+/// request head) and the shared frame writer.
+pub fn split_client<S>(
+    stream: S,
+    early: Vec<u8>,
+) -> (ClientReader<S::OwnedRead>, ClientWriter<S::OwnedWrite>)
+where
+    S: Splitable,
+    S::OwnedRead: AsyncReadRent,
+    S::OwnedWrite: AsyncWriteRent,
+{
+    let (read, write) = stream.into_split();
+    (ClientReader::new(read, early), ClientWriter::new(write))
+}

@@ -1,0 +1,262 @@
+//! Worker threads: one OS thread per worker, pinned to a core, each running its own monoio
+//! runtime (io_uring, or epoll where io_uring is forbidden) with its own SO_REUSEPORT
+//! listener on the data address, its own copy of the routes, and nothing shared with other
+//! workers on the data path.
+//!
+//! Also here: binding the listeners (refusing to start when another process already holds
+//! the port, which SO_REUSEPORT would otherwise allow silently) and containing a panic in
+//! one connection's task so the worker's other connections go on.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::fd::FromRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use monoio::net::TcpListener;
+use monoio_rustls::TlsAcceptor;
+
+use crate::routes::{self, RouteTable, WorkerInbox};
+
+/// Listen backlog of each worker's socket.
+const BACKLOG: i32 = 4096;
+
+/// What every connection of every worker needs to know, fixed at start-up.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Use smux for clients that offer no subprotocol (`-mux`).
+    pub mux_default: bool,
+    /// Close a plain tunnel or a mux stream after this long with no bytes (`-timeout`).
+    pub idle_timeout: Duration,
+}
+
+/// A worker's state, shared by its connection tasks (and only by them: it is not `Send`).
+pub struct Worker {
+    /// This worker's copy of the routes, changed only by the controller's broadcasts.
+    pub routes: RefCell<RouteTable>,
+    /// The TLS acceptor, or `None` for plain HTTP behind a proxy.
+    pub tls: Option<TlsAcceptor>,
+    pub settings: Settings,
+}
+
+/// What a worker thread is started with.
+pub struct WorkerSpec {
+    pub index: usize,
+    /// The core to pin to, if pinning is possible.
+    pub cpu: Option<usize>,
+    pub listener: StdListener,
+    pub inbox: WorkerInbox,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub settings: Settings,
+    /// Runs blocking work (name resolution) off the worker threads; shared by all.
+    pub blocking_pool: monoio::blocking::DefaultThreadPool,
+}
+
+/// Starts a worker thread. It runs until the process exits.
+pub fn spawn(spec: WorkerSpec) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("worker-{}", spec.index))
+        .spawn(move || {
+            if let Some(cpu) = spec.cpu {
+                pin_to_cpu(cpu);
+            }
+            let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .attach_thread_pool(Box::new(spec.blocking_pool.clone()))
+                .build();
+            let mut runtime = match runtime {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    log::error!("internal: worker {}: runtime: {e}", spec.index);
+                    std::process::exit(1);
+                }
+            };
+            runtime.block_on(run(spec));
+        })
+}
+
+async fn run(spec: WorkerSpec) {
+    let listener = match TcpListener::from_std(spec.listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            log::error!("internal: worker {}: listener: {e}", spec.index);
+            std::process::exit(1);
+        }
+    };
+    let worker = Rc::new(Worker {
+        routes: RefCell::new(RouteTable::new()),
+        tls: spec.tls.map(TlsAcceptor::from),
+        settings: spec.settings,
+    });
+    let updater = Rc::clone(&worker);
+    let inbox = spec.inbox;
+    monoio::spawn(async move { routes::apply_updates(inbox, &updater.routes).await });
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let connection = crate::connection::handle(stream, peer, Rc::clone(&worker));
+                crate::task::spawn_contained(connection);
+            }
+            Err(e) => {
+                // Out of file descriptors, usually: back off rather than spin.
+                log::error!("internal: worker {}: accept: {e}", spec.index);
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            log::debug!("could not pin a worker to cpu {cpu}");
+        }
+    }
+}
+
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: as above; sched_getaffinity writes at most size_of::<cpu_set_t>() bytes.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Binds `count` listeners on `addr` with SO_REUSEPORT, one per worker. Fails if another
+/// socket (another copy of this server, say) already listens there. With port 0 the first
+/// listener picks the port and the others join it.
+pub fn bind_data_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<StdListener>> {
+    if addr.port() != 0 {
+        // Without SO_REUSEPORT this bind fails if anyone listens on the port, whether or not
+        // they set SO_REUSEPORT themselves.
+        match bind_socket(addr, false) {
+            Ok(probe) => drop(probe),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{addr} is already in use by another process (is another copy of the server running?)"),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let first = bind_socket(addr, true)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(bind_socket(addr, true)?);
+    }
+    Ok(listeners)
+}
+
+/// A listening socket; `[::]` accepts IPv4 too, and falls back to `0.0.0.0` where IPv6 is
+/// off.
+pub fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<StdListener> {
+    match bind_raw(addr, reuse_port) {
+        Err(e)
+            if addr.ip().is_unspecified()
+                && addr.is_ipv6()
+                && e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+        {
+            bind_raw(
+                SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port()),
+                reuse_port,
+            )
+        }
+        other => other,
+    }
+}
+
+fn bind_raw(addr: SocketAddr, reuse_port: bool) -> io::Result<StdListener> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own; the sockaddr structs are fully
+    // initialised and their sizes passed exactly. On error the descriptor is closed by
+    // the StdListener that owns it from the start.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let listener = StdListener::from_raw_fd(fd);
+        let on: libc::c_int = 1;
+        let off: libc::c_int = 0;
+        let set = |level, name, value: &libc::c_int| {
+            if libc::setsockopt(
+                fd,
+                level,
+                name,
+                value as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) != 0
+            {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        set(libc::SOL_SOCKET, libc::SO_REUSEADDR, &on)?;
+        if reuse_port {
+            set(libc::SOL_SOCKET, libc::SO_REUSEPORT, &on)?;
+        }
+        let rc = match addr {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                libc::bind(
+                    fd,
+                    &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            SocketAddr::V6(v6) => {
+                if v6.ip().is_unspecified() {
+                    set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &off)?;
+                }
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: v6.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
+                    sin6_scope_id: v6.scope_id(),
+                };
+                libc::bind(
+                    fd,
+                    &sin6 as *const libc::sockaddr_in6 as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::listen(fd, BACKLOG) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    }
+}
