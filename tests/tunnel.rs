@@ -464,10 +464,8 @@ fn one_way_download_outlives_the_idle_timeout() {
 }
 
 #[test]
-fn alpn_offers_http11_only_and_sessions_resume() {
+fn alpn_selects_http11_even_when_h2_is_offered_first() {
     let server = Server::tls();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let _ = provider;
     // A client that offers h2 first still gets http/1.1.
     let mut conn = tls_client_with(vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     let mut tcp = std::net::TcpStream::connect(server.data).unwrap();

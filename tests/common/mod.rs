@@ -235,6 +235,13 @@ pub fn tls_client() -> rustls::ClientConnection {
 }
 
 pub fn tls_client_with(alpn: Vec<Vec<u8>>) -> rustls::ClientConnection {
+    rustls::ClientConnection::new(tls_config(alpn), ServerName::try_from("localhost").unwrap())
+        .unwrap()
+}
+
+/// A client configuration that accepts any certificate; its session cache lives as long as
+/// it does, so connections made from one configuration resume.
+pub fn tls_config(alpn: Vec<Vec<u8>>) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -243,8 +250,7 @@ pub fn tls_client_with(alpn: Vec<Vec<u8>>) -> rustls::ClientConnection {
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     config.alpn_protocols = alpn;
-    rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-        .unwrap()
+    Arc::new(config)
 }
 
 #[derive(Debug)]

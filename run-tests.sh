@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every check CI runs, on a fresh machine too: installs what is missing (Debian
+# packages via apt-get when run as root), then formatting, lints, unit, integration and
+# interop tests, and a smoke run of the benches.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need=()
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/xtaci/smux ] || need+=(golang-github-xtaci-smux-dev)
+[ -d /usr/share/gocode/src/github.com/gorilla/websocket ] || need+=(golang-github-gorilla-websocket-dev)
+if ((${#need[@]})); then
+    if [ "$(id -u)" = 0 ]; then
+        echo "installing: ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "warning: missing ${need[*]}; run as root to install them (Go interop tests need them)" >&2
+    fi
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+if compgen -G "benches/*.rs" >/dev/null; then
+    cargo bench --bench '*' -- --test
+fi
