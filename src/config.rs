@@ -40,6 +40,14 @@ pub struct Config {
     pub timeout: Duration,
     /// -verbose: debug logging
     pub verbose: bool,
+    /// -max-conns N: most concurrent data-port connections; further ones are accepted and
+    /// closed at once. 0 (the default) derives it from the file descriptor limit.
+    pub max_conns: usize,
+    /// -head-timeout: time from accept to a complete request head, TLS handshake included
+    /// (default 10 s).
+    pub head_timeout: Duration,
+    /// -grace: after SIGTERM/SIGINT, how long open tunnels may finish (default 30 s).
+    pub grace: Duration,
     /// -workers N (default: the number of CPUs this process may run on:
     /// std::thread::available_parallelism, at least 1); 1..=1024
     pub workers: usize,
@@ -129,6 +137,15 @@ struct RawArgs {
     /// number of worker threads
     #[argh(option)]
     workers: Option<String>,
+    /// most concurrent data-port connections
+    #[argh(option)]
+    max_conns: Option<String>,
+    /// time for a request head to arrive, TLS handshake included
+    #[argh(option)]
+    head_timeout: Option<String>,
+    /// time open tunnels get to finish after SIGTERM/SIGINT
+    #[argh(option)]
+    grace: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -181,8 +198,11 @@ const BIND: usize = 0;
 const CONTROLLER: usize = 1;
 const TIMEOUT: usize = 6;
 const WORKERS: usize = 9;
+const MAX_CONNS: usize = 10;
+const HEAD_TIMEOUT: usize = 11;
+const GRACE: usize = 12;
 
-const FLAGS: [FlagSpec; 10] = [
+const FLAGS: [FlagSpec; 13] = [
     FlagSpec::value(&["b", "bind"], "--bind", None),
     FlagSpec::value(&["c", "controller"], "--controller", None),
     FlagSpec::switch(&["mux"], "--mux"),
@@ -193,6 +213,9 @@ const FLAGS: [FlagSpec; 10] = [
     FlagSpec::switch(&["verbose"], "--verbose"),
     FlagSpec::value(&["n", "name"], "--name", None),
     FlagSpec::value(&["workers"], "--workers", Some(check_workers)),
+    FlagSpec::value(&["max-conns"], "--max-conns", Some(check_workers)),
+    FlagSpec::value(&["head-timeout"], "--head-timeout", Some(check_duration)),
+    FlagSpec::value(&["grace"], "--grace", Some(check_duration)),
 ];
 
 fn check_duration(s: &str) -> Result<(), String> {
@@ -374,6 +397,14 @@ a boolean flag is -flag alone, or -flag=true / -flag=false.
   -workers N
         worker threads, one per core, 1 to {MAX_WORKERS} (default {workers}: the CPUs \
          this process may run on)
+  -max-conns N
+        most concurrent data-port connections; more are closed at once
+        (default 0: derived from the open-file limit)
+  -head-timeout DURATION
+        time for a request head to arrive, TLS handshake included (default 10s)
+  -grace DURATION
+        after SIGTERM or SIGINT, how long open tunnels may finish (default 30s);
+        a second signal exits at once
   -h, -help
         print this help and exit
 
@@ -473,6 +504,34 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         }
     };
 
+    let max_conns = match raw.max_conns {
+        None => 0,
+        Some(s) => s.parse().map_err(|_| {
+            format!(
+                "invalid value {s:?} for flag {}: parse error",
+                spelled(settings, MAX_CONNS)
+            )
+        })?,
+    };
+    let head_timeout = positive_duration(raw.head_timeout, settings, HEAD_TIMEOUT)?
+        .unwrap_or(Duration::from_secs(10));
+    let grace = match raw.grace {
+        None => Duration::from_secs(30),
+        Some(s) => {
+            let (negative, d) = parse_signed_duration(&s).map_err(|e| {
+                format!(
+                    "invalid value {s:?} for flag {}: {e}",
+                    spelled(settings, GRACE)
+                )
+            })?;
+            if negative {
+                Duration::ZERO
+            } else {
+                d
+            }
+        }
+    };
+
     let cert = raw.cert.filter(|s| !s.is_empty());
     let key = raw.key.filter(|s| !s.is_empty());
     let tls = match (cert, key) {
@@ -504,7 +563,28 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         timeout,
         verbose: raw.verbose,
         workers,
+        max_conns,
+        head_timeout,
+        grace,
     })
+}
+
+/// A duration flag that must be greater than zero, if given.
+fn positive_duration(
+    value: Option<String>,
+    settings: &[Option<Setting>],
+    index: usize,
+) -> Result<Option<Duration>, String> {
+    let Some(s) = value else { return Ok(None) };
+    let flag = spelled(settings, index);
+    let (negative, d) = parse_signed_duration(&s)
+        .map_err(|e| format!("invalid value {s:?} for flag {flag}: {e}"))?;
+    if negative || d.is_zero() {
+        return Err(format!(
+            "invalid value {s:?} for flag {flag}: must be greater than zero"
+        ));
+    }
+    Ok(Some(d))
 }
 
 /// Go's time.ParseDuration: "90s", "1m0s", "1h30m", "250ms", "1.5h", "2h45m30.5s", "300us",

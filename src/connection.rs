@@ -69,7 +69,7 @@ pub fn check_upgrade(head: &RequestHead) -> Result<(), (u16, &'static str)> {
 
 /// Serves one accepted connection until it is done.
 pub async fn handle(stream: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
-    let deadline = Instant::now() + http::HEAD_TIMEOUT;
+    let deadline = Instant::now() + worker.settings.head_timeout;
     let _ = stream.set_nodelay(true);
     match &worker.tls {
         Some(acceptor) => match monoio::time::timeout_at(deadline, acceptor.accept(stream)).await {
@@ -132,7 +132,7 @@ where
                 return;
             }
             buf.drain(..head_len);
-            deadline = Instant::now() + http::HEAD_TIMEOUT;
+            deadline = Instant::now() + worker.settings.head_timeout;
             continue;
         }
         // Both are Some here: a refusal was answered above.

@@ -27,6 +27,8 @@ pub const MAX_BODY: u64 = 2 * 1024 * 1024;
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 /// How long a body may take to arrive once its head has.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most controller connections open at once; more are closed at once. A panel needs one.
+const MAX_CONNECTIONS: usize = 256;
 
 /// What the panel sends. Every field optional so that a missing field is a command error
 /// (res 2, HTTP 200), while a field of the wrong JSON type is a request error (400).
@@ -220,18 +222,34 @@ impl Controller {
 }
 
 /// Runs the controller on the calling thread until the process ends.
-pub fn run(listener: std::net::TcpListener, workers: Vec<WorkerLink>) -> std::io::Result<()> {
+pub fn run(
+    listener: std::net::TcpListener,
+    workers: Vec<WorkerLink>,
+    head_timeout: Duration,
+) -> std::io::Result<()> {
     let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
         let controller = Rc::new(RefCell::new(Controller::new(workers)));
+        let open = Rc::new(std::cell::Cell::new(0usize));
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
+                    if open.get() >= MAX_CONNECTIONS {
+                        log::warn!(
+                            "controller {peer}: refused, {MAX_CONNECTIONS} connections open"
+                        );
+                        continue;
+                    }
+                    open.set(open.get() + 1);
                     let controller = Rc::clone(&controller);
-                    monoio::spawn(serve(stream, peer, controller));
+                    let open = Rc::clone(&open);
+                    crate::task::spawn_contained(async move {
+                        serve(stream, peer, controller, head_timeout).await;
+                        open.set(open.get() - 1);
+                    });
                 }
                 Err(e) => {
                     log::error!("internal: controller accept: {e}");
@@ -242,10 +260,15 @@ pub fn run(listener: std::net::TcpListener, workers: Vec<WorkerLink>) -> std::io
     })
 }
 
-async fn serve(mut stream: TcpStream, peer: SocketAddr, controller: Rc<RefCell<Controller>>) {
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    controller: Rc<RefCell<Controller>>,
+    head_timeout: Duration,
+) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
-    let mut deadline = Instant::now() + http::HEAD_TIMEOUT;
+    let mut deadline = Instant::now() + head_timeout;
     loop {
         let (result, rest) = http::read_head(&mut stream, buf, deadline).await;
         buf = rest;

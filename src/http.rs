@@ -2,11 +2,11 @@
 //!
 //! Both ports use it: the data port to find the WebSocket upgrade and its route key, the
 //! controller to find its POSTs. A head is at most [`MAX_HEAD`] bytes and
-//! [`MAX_HEADERS`] headers and must arrive before a deadline the caller sets. Responses to
+//! [`MAX_HEADERS`] headers and must arrive before a deadline the caller sets (`-head-timeout`). Responses to
 //! strangers look like an ordinary nginx (a 404 page), never like a tunnel. This module
 //! does not route, dial or frame: it only reads heads and writes canned answers.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use monoio::buf::IoBufMut;
@@ -18,8 +18,6 @@ use sha1::{Digest, Sha1};
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers accepted in one request; more get 431.
 pub const MAX_HEADERS: usize = 100;
-/// Time from accept to a complete head, TLS handshake included.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// First read of a head: small, because most heads are a few hundred bytes and an idle
 /// keep-alive connection should not hold a large buffer.
 const FIRST_READ: usize = 2048;
@@ -345,6 +343,7 @@ pub fn http_date(now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn accept_matches_rfc_example() {

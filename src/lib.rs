@@ -29,11 +29,13 @@
 //! - [`task`]: spawning tasks so that a panic ends only its own task.
 //! - [`routes`]: route table, route changes, per-worker copies and their updates.
 //! - [`controller`]: the JSON control API on its own thread.
+//! - [`doorbell`]: waking a worker's task from another thread (route changes, shutdown).
 
 pub mod client;
 pub mod config;
 pub mod connection;
 pub mod controller;
+pub mod doorbell;
 pub mod http;
 pub mod mux;
 pub mod routes;

@@ -1,8 +1,9 @@
 //! The `mtt-mu-server` binary: Go-style flags, logging, start, exit codes.
 //!
-//! Exit status: 0 after `-h`; 2 for a bad flag or value (as Go's `flag` package); 1 when
-//! the server cannot start (bad certificate, address in use), with a message naming the
-//! file or address.
+//! Exit status: 0 after `-h` and after a graceful shutdown (SIGTERM or SIGINT); 2 for a
+//! bad flag or value (as Go's `flag` package); 1 when the server cannot start (bad
+//! certificate, address in use), with a message naming the file or address, or when a
+//! second signal cuts the drain short.
 
 use std::io::Write;
 
@@ -84,7 +85,7 @@ fn main() {
     log::set_max_level(level);
     raise_fd_limit();
     match server::start(config) {
-        Ok(running) => running.wait(),
+        Ok(running) => std::process::exit(running.serve_until_signal()),
         Err(e) => {
             eprintln!("{program}: {e}");
             std::process::exit(1);

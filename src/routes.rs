@@ -10,13 +10,12 @@
 
 use std::borrow::Borrow;
 use std::collections::HashSet;
-use std::future::poll_fn;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
+
+use crate::doorbell::Doorbell;
 
 /// One user: the request path that selects it and the `HOST:PORT` its tunnels go to.
 /// Shared by `Arc` between the controller's table and every worker's copy, so a user costs
@@ -118,46 +117,6 @@ pub struct RouteUpdate {
     pub change: Arc<RouteChange>,
     /// Dropped or sent to once the change is applied; the controller waits for all of them.
     pub applied: Sender<()>,
-}
-
-/// Wakes a task on a worker's runtime from another thread. The sender pushes its message
-/// on a channel first and rings second; the task drains the channel after every wake-up,
-/// so no message is missed and nothing polls.
-#[derive(Default)]
-pub struct Doorbell {
-    /// Set by `ring`, cleared by the waiting task when it wakes.
-    rung: AtomicBool,
-    /// The waiting task's waker. Only the controller and one task per worker touch it,
-    /// once per route change, so a mutex costs nothing that matters.
-    waker: Mutex<Option<Waker>>,
-}
-
-impl Doorbell {
-    pub fn ring(&self) {
-        self.rung.store(true, Ordering::Release);
-        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// Waits until the bell has rung since the last wait returned.
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.rung.swap(false, Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-            // A ring between the first check and storing the waker would find no waker:
-            // check again now that it is stored.
-            if self.rung.swap(false, Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
-    }
 }
 
 /// The controller's end of one worker's update channel.

@@ -6,11 +6,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::config::{self, Config, TlsMode};
+use crate::doorbell::Doorbell;
 use crate::routes;
 use crate::tls;
-use crate::worker::{self, Settings, WorkerSpec};
+use crate::worker::{self, ConnectionLimit, Settings, WorkerSpec};
 
 /// Threads for name resolution of destinations, shared by all workers.
 const RESOLVER_THREADS: usize = 2;
@@ -19,16 +21,97 @@ const RESOLVER_THREADS: usize = 2;
 pub struct Running {
     pub data_addr: SocketAddr,
     pub controller_addr: SocketAddr,
-    threads: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    /// One per worker: rung to stop accepting and drain.
+    shutdown: Vec<Arc<Doorbell>>,
+    grace: Duration,
 }
 
 impl Running {
-    /// Blocks until every thread has ended, which in normal operation is never.
-    pub fn wait(self) {
-        for thread in self.threads {
-            let _ = thread.join();
+    /// Serves until SIGTERM or SIGINT, then drains: workers stop accepting, open tunnels
+    /// get the grace period to finish, and the exit status is 0. A second signal during
+    /// the drain ends it at once with status 1. Returns the exit status.
+    pub fn serve_until_signal(self) -> i32 {
+        let signal = wait_signal(None).unwrap_or(0);
+        log::warn!(
+            "signal {signal}: no longer accepting; open tunnels have {:?} to finish (a second signal exits at once)",
+            self.grace
+        );
+        for bell in &self.shutdown {
+            bell.ring();
+        }
+        // The workers give up on open connections at the grace period; allow them a moment
+        // beyond it to close.
+        let deadline = Instant::now() + self.grace + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if self.workers.iter().all(|w| w.is_finished()) {
+                return 0;
+            }
+            if let Some(signal) = wait_signal(Some(Duration::from_millis(50))) {
+                log::warn!("signal {signal} while draining: exiting now");
+                return 1;
+            }
+        }
+        0
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts later, so
+/// that only [`wait_signal`] receives them.
+fn block_signals() {
+    // SAFETY: sigset operations on a stack value we own; pthread_sigmask on this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (blocked by [`block_signals`]), at most `timeout` if given.
+fn wait_signal(timeout: Option<Duration>) -> Option<i32> {
+    // SAFETY: as above; sigtimedwait reads the set and a timespec we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        loop {
+            let signal = match timeout {
+                None => libc::sigwaitinfo(&set, std::ptr::null_mut()),
+                Some(t) => {
+                    let spec = libc::timespec {
+                        tv_sec: t.as_secs() as libc::time_t,
+                        tv_nsec: t.subsec_nanos() as libc::c_long,
+                    };
+                    libc::sigtimedwait(&set, std::ptr::null_mut(), &spec)
+                }
+            };
+            if signal > 0 {
+                return Some(signal);
+            }
+            let err = std::io::Error::last_os_error().raw_os_error();
+            if err == Some(libc::EAGAIN) {
+                return None;
+            }
+            // EINTR: another signal interrupted the wait; wait again.
         }
     }
+}
+
+/// The default connection cap: what the open-file limit allows, two descriptors per
+/// plain tunnel, with some kept back for the controller and the process itself.
+fn default_max_conns() -> usize {
+    // SAFETY: getrlimit on a stack struct we own.
+    let limit = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        limit.rlim_cur
+    };
+    (limit.saturating_sub(256) / 2).clamp(64, 1 << 24) as usize
 }
 
 /// Starts the server. Every error names the file, address or flag involved.
@@ -61,14 +144,26 @@ pub fn start(config: Config) -> Result<Running, String> {
     let settings = Settings {
         mux_default: config.mux,
         idle_timeout: config.timeout,
+        head_timeout: config.head_timeout,
+        grace: config.grace,
     };
+    let max_conns = if config.max_conns == 0 {
+        default_max_conns()
+    } else {
+        config.max_conns
+    };
+    let limit = Arc::new(ConnectionLimit::new(max_conns));
+    block_signals();
     let cpus = worker::allowed_cpus();
     let blocking_pool = monoio::blocking::DefaultThreadPool::new(RESOLVER_THREADS);
     let mut links = Vec::with_capacity(config.workers);
-    let mut threads = Vec::with_capacity(config.workers + 1);
+    let mut workers = Vec::with_capacity(config.workers);
+    let mut shutdown = Vec::with_capacity(config.workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let (link, inbox) = routes::worker_link();
         links.push(link);
+        let bell = Arc::new(Doorbell::default());
+        shutdown.push(Arc::clone(&bell));
         let spec = WorkerSpec {
             index,
             cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
@@ -77,19 +172,21 @@ pub fn start(config: Config) -> Result<Running, String> {
             tls: tls_config.as_ref().map(Arc::clone),
             settings: settings.clone(),
             blocking_pool: blocking_pool.clone(),
+            shutdown: bell,
+            limit: Arc::clone(&limit),
         };
-        threads.push(worker::spawn(spec).map_err(|e| format!("starting worker {index}: {e}"))?);
+        workers.push(worker::spawn(spec).map_err(|e| format!("starting worker {index}: {e}"))?);
     }
-    let controller = std::thread::Builder::new()
+    let head_timeout = config.head_timeout;
+    std::thread::Builder::new()
         .name("controller".into())
         .spawn(move || {
-            if let Err(e) = crate::controller::run(controller_listener, links) {
+            if let Err(e) = crate::controller::run(controller_listener, links, head_timeout) {
                 log::error!("internal: controller: {e}");
                 std::process::exit(1);
             }
         })
         .map_err(|e| format!("starting the controller: {e}"))?;
-    threads.push(controller);
 
     let mode = match &config.tls {
         TlsMode::Files { .. } => "tls",
@@ -97,12 +194,14 @@ pub fn start(config: Config) -> Result<Running, String> {
         TlsMode::Plain => "plain",
     };
     eprintln!(
-        "mtt-mu-server ready: data={data_addr} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?}",
+        "mtt-mu-server ready: data={data_addr} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns}",
         config.workers, config.mux, config.timeout
     );
     Ok(Running {
         data_addr,
         controller_addr,
-        threads,
+        workers,
+        shutdown,
+        grace: config.grace,
     })
 }

@@ -7,18 +7,23 @@
 //! the port, which SO_REUSEPORT would otherwise allow silently) and containing a panic in
 //! one connection's task so the worker's other connections go on.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::FromRawFd;
+use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use monoio::net::TcpListener;
 use monoio_rustls::TlsAcceptor;
 
+use crate::doorbell::Doorbell;
 use crate::routes::{self, RouteTable, WorkerInbox};
 
 /// Listen backlog of each worker's socket.
@@ -31,6 +36,81 @@ pub struct Settings {
     pub mux_default: bool,
     /// Close a plain tunnel or a mux stream after this long with no bytes (`-timeout`).
     pub idle_timeout: Duration,
+    /// Time from accept to a complete request head, TLS handshake included.
+    pub head_timeout: Duration,
+    /// After a shutdown signal, how long open connections may finish.
+    pub grace: Duration,
+}
+
+/// The process-wide cap on concurrent data-port connections, shared by all workers: one
+/// atomic add per accepted connection, nothing per byte.
+pub struct ConnectionLimit {
+    /// Connections open now.
+    open: AtomicUsize,
+    /// Most allowed at once.
+    max: usize,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// A place for one more connection, or `None` when all are taken.
+    pub fn acquire(self: &Arc<Self>) -> Option<Permit> {
+        let previous = self.open.fetch_add(1, Ordering::Relaxed);
+        if previous >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Permit(Arc::clone(self)))
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's place under the [`ConnectionLimit`]; freed when dropped.
+pub struct Permit(Arc<ConnectionLimit>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connections one worker has open, so that draining knows when it is done.
+#[derive(Default)]
+struct Active {
+    count: Cell<usize>,
+    /// The draining accept loop, waiting for `count` to reach zero.
+    waiter: RefCell<Option<Waker>>,
+}
+
+/// Counts one connection in [`Active`] while it lives.
+struct ActiveGuard(Rc<Active>);
+
+impl ActiveGuard {
+    fn new(active: &Rc<Active>) -> Self {
+        active.count.set(active.count.get() + 1);
+        Self(Rc::clone(active))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let count = self.0.count.get() - 1;
+        self.0.count.set(count);
+        if count == 0 {
+            if let Some(waker) = self.0.waiter.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
 }
 
 /// A worker's state, shared by its connection tasks (and only by them: it is not `Send`).
@@ -53,6 +133,10 @@ pub struct WorkerSpec {
     pub settings: Settings,
     /// Runs blocking work (name resolution) off the worker threads; shared by all.
     pub blocking_pool: monoio::blocking::DefaultThreadPool,
+    /// Rung once to stop accepting and drain.
+    pub shutdown: Arc<Doorbell>,
+    /// The process-wide connection cap.
+    pub limit: Arc<ConnectionLimit>,
 }
 
 /// Starts a worker thread. It runs until the process exits.
@@ -86,6 +170,7 @@ async fn run(spec: WorkerSpec) {
             std::process::exit(1);
         }
     };
+    let grace = spec.settings.grace;
     let worker = Rc::new(Worker {
         routes: RefCell::new(RouteTable::new()),
         tls: spec.tls.map(TlsAcceptor::from),
@@ -94,18 +179,59 @@ async fn run(spec: WorkerSpec) {
     let updater = Rc::clone(&worker);
     let inbox = spec.inbox;
     monoio::spawn(async move { routes::apply_updates(inbox, &updater.routes).await });
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let connection = crate::connection::handle(stream, peer, Rc::clone(&worker));
-                crate::task::spawn_contained(connection);
-            }
-            Err(e) => {
-                // Out of file descriptors, usually: back off rather than spin.
-                log::error!("internal: worker {}: accept: {e}", spec.index);
-                monoio::time::sleep(Duration::from_millis(20)).await;
+    let active = Rc::new(Active::default());
+    {
+        let mut stop = pin!(spec.shutdown.wait());
+        loop {
+            let accepted = {
+                let mut accept = pin!(listener.accept());
+                poll_fn(|cx| {
+                    if stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    accept.as_mut().poll(cx).map(Some)
+                })
+                .await
+            };
+            match accepted {
+                None => break,
+                Some(Ok((stream, peer))) => {
+                    let Some(permit) = spec.limit.acquire() else {
+                        // Over the cap: closing at once is the cheapest refusal.
+                        log::debug!("client {peer}: refused, connection limit reached");
+                        continue;
+                    };
+                    let guard = ActiveGuard::new(&active);
+                    let connection = crate::connection::handle(stream, peer, Rc::clone(&worker));
+                    crate::task::spawn_contained(async move {
+                        connection.await;
+                        drop((guard, permit));
+                    });
+                }
+                Some(Err(e)) => {
+                    // Out of file descriptors, usually: back off rather than spin.
+                    log::error!("internal: worker {}: accept: {e}", spec.index);
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
+    }
+    // Draining: no more accepts; open connections get the grace period to finish.
+    drop(listener);
+    let drained = poll_fn(|cx| {
+        if active.count.get() == 0 {
+            Poll::Ready(())
+        } else {
+            *active.waiter.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    });
+    if monoio::time::timeout(grace, drained).await.is_err() {
+        log::warn!(
+            "worker {}: grace period over, closing {} open connections",
+            spec.index,
+            active.count.get()
+        );
     }
 }
 
