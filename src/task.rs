@@ -30,3 +30,36 @@ impl<F: Future<Output = ()>> Future for ContainPanic<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_panicking_task_does_not_stop_its_neighbours() {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let finished = Rc::new(Cell::new(0));
+        runtime.block_on({
+            let finished = Rc::clone(&finished);
+            async move {
+                for i in 0..10 {
+                    let finished = Rc::clone(&finished);
+                    super::spawn_contained(async move {
+                        monoio::time::sleep(Duration::from_millis(10)).await;
+                        if i % 3 == 0 {
+                            panic!("connection {i} hit a bug");
+                        }
+                        finished.set(finished.get() + 1);
+                    });
+                }
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        assert_eq!(finished.get(), 6);
+    }
+}
