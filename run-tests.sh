@@ -19,6 +19,12 @@ if ((${#need[@]})); then
     fi
 fi
 
+# The official Prometheus text parser, used by the /metrics test.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    echo "installing: prometheus-client (PyPI)"
+    python3 -m pip install -q prometheus-client
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace

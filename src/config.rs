@@ -48,12 +48,25 @@ pub struct Config {
     pub head_timeout: Duration,
     /// -grace: after SIGTERM/SIGINT, how long open tunnels may finish (default 30 s).
     pub grace: Duration,
+    /// -secret / -secret-file: the controller requires `Authorization: Bearer SECRET`.
+    pub secret: Option<Secret>,
+    /// -state FILE: users survive restarts.
+    pub state: Option<std::path::PathBuf>,
+    /// -metrics-per-user: per-user series on `/metrics`.
+    pub metrics_per_user: bool,
     /// -workers N (default: the number of CPUs this process may run on:
     /// std::thread::available_parallelism, at least 1); 1..=1024
     pub workers: usize,
 }
 
 /// TLS mode of the data listener.
+/// Where the controller's secret comes from; a file is read at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    Value(String),
+    File(std::path::PathBuf),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsMode {
     /// -cert and -key both given
@@ -146,6 +159,18 @@ struct RawArgs {
     /// time open tunnels get to finish after SIGTERM/SIGINT
     #[argh(option)]
     grace: Option<String>,
+    /// controller secret (Authorization: Bearer)
+    #[argh(option)]
+    secret: Option<String>,
+    /// file holding the controller secret
+    #[argh(option)]
+    secret_file: Option<String>,
+    /// file where users are kept across restarts
+    #[argh(option)]
+    state: Option<String>,
+    /// per-user series on /metrics
+    #[argh(switch)]
+    metrics_per_user: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -202,7 +227,7 @@ const MAX_CONNS: usize = 10;
 const HEAD_TIMEOUT: usize = 11;
 const GRACE: usize = 12;
 
-const FLAGS: [FlagSpec; 13] = [
+const FLAGS: [FlagSpec; 17] = [
     FlagSpec::value(&["b", "bind"], "--bind", None),
     FlagSpec::value(&["c", "controller"], "--controller", None),
     FlagSpec::switch(&["mux"], "--mux"),
@@ -216,6 +241,10 @@ const FLAGS: [FlagSpec; 13] = [
     FlagSpec::value(&["max-conns"], "--max-conns", Some(check_workers)),
     FlagSpec::value(&["head-timeout"], "--head-timeout", Some(check_duration)),
     FlagSpec::value(&["grace"], "--grace", Some(check_duration)),
+    FlagSpec::value(&["secret"], "--secret", None),
+    FlagSpec::value(&["secret-file"], "--secret-file", None),
+    FlagSpec::value(&["state"], "--state", None),
+    FlagSpec::switch(&["metrics-per-user"], "--metrics-per-user"),
 ];
 
 fn check_duration(s: &str) -> Result<(), String> {
@@ -402,6 +431,15 @@ a boolean flag is -flag alone, or -flag=true / -flag=false.
         (default 0: derived from the open-file limit)
   -head-timeout DURATION
         time for a request head to arrive, TLS handshake included (default 10s)
+  -secret SECRET
+        the controller requires \"Authorization: Bearer SECRET\" on every request
+  -secret-file PATH
+        as -secret, read from a file (surrounding white space ignored)
+  -state PATH
+        keep users in this file across restarts (every change is on disk
+        before the controller replies)
+  -metrics-per-user
+        per-user series on the controller's GET /metrics
   -grace DURATION
         after SIGTERM or SIGINT, how long open tunnels may finish (default 30s);
         a second signal exits at once
@@ -532,6 +570,17 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         }
     };
 
+    let secret = match (raw.secret, raw.secret_file) {
+        (Some(_), Some(_)) => {
+            return Err("flags -secret and -secret-file cannot be given together".into())
+        }
+        (Some(s), None) if s.is_empty() => return Err("flag -secret must not be empty".into()),
+        (Some(s), None) => Some(Secret::Value(s)),
+        (None, Some(f)) if f.is_empty() => return Err("flag -secret-file must not be empty".into()),
+        (None, Some(f)) => Some(Secret::File(f.into())),
+        (None, None) => None,
+    };
+
     let cert = raw.cert.filter(|s| !s.is_empty());
     let key = raw.key.filter(|s| !s.is_empty());
     let tls = match (cert, key) {
@@ -566,6 +615,9 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         max_conns,
         head_timeout,
         grace,
+        secret,
+        state: raw.state.filter(|s| !s.is_empty()).map(Into::into),
+        metrics_per_user: raw.metrics_per_user,
     })
 }
 

@@ -15,6 +15,7 @@ use monoio::time::Instant;
 
 use crate::http::{self, HeadError, RequestHead};
 use crate::routes::Route;
+use crate::stats::{Kind, Refusal};
 use crate::tunnel;
 use crate::worker::Worker;
 
@@ -74,8 +75,14 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
     match &worker.tls {
         Some(acceptor) => match monoio::time::timeout_at(deadline, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => serve(tls, peer, &worker, deadline).await,
-            Ok(Err(e)) => log::debug!("client {peer}: TLS handshake failed: {e}"),
-            Err(_) => log::debug!("client {peer}: TLS handshake timed out"),
+            Ok(Err(e)) => {
+                worker.stats.metrics.refuse(Refusal::TlsError);
+                log::debug!("client {peer}: TLS handshake failed: {e}");
+            }
+            Err(_) => {
+                worker.stats.metrics.refuse(Refusal::Timeout);
+                log::debug!("client {peer}: TLS handshake timed out");
+            }
         },
         None => serve(stream, peer, &worker, deadline).await,
     }
@@ -95,10 +102,12 @@ where
             Ok(parsed) => parsed,
             Err(HeadError::Closed { .. }) => return,
             Err(HeadError::Timeout) => {
+                worker.stats.metrics.refuse(Refusal::Timeout);
                 log::debug!("client {peer}: request head timed out");
                 return;
             }
             Err(e) => {
+                worker.stats.metrics.refuse(Refusal::BadRequest);
                 log::debug!("client {peer}: bad request head: {e:?}");
                 let status = if e == HeadError::TooLarge { 431 } else { 400 };
                 let _ = stream
@@ -115,10 +124,12 @@ where
         let with_body = head.method != "HEAD";
         let refusal = match &route {
             None => {
+                worker.stats.metrics.refuse(Refusal::UnknownPath);
                 log::debug!("client {peer}: {} {}: 404", head.method, head.target);
                 Some((404, ""))
             }
             Some(route) => check_upgrade(&head).err().inspect(|(status, _)| {
+                worker.stats.metrics.refuse(Refusal::BadUpgrade);
                 log::debug!(
                     "client {peer} path {}: not a valid upgrade: {status}",
                     route.path
@@ -163,6 +174,8 @@ async fn upgrade<S>(
             let dst = match tunnel::dial(&route.dst).await {
                 Ok(dst) => dst,
                 Err(e) => {
+                    let failures = &worker.stats.metrics.dial_failures;
+                    failures.set(failures.get() + 1);
                     log::error!(
                         "backend {} for path {}: dial failed: {e} (client {peer})",
                         route.dst,
@@ -182,8 +195,10 @@ async fn upgrade<S>(
                 route.path,
                 route.dst
             );
+            let ticket = worker.stats.open(&route.path, Kind::Plain);
             let (mut reader, writer) = tunnel::split_client(stream, early);
-            let end = tunnel::run(&mut reader, &writer, dst, worker.settings.idle_timeout).await;
+            let idle_timeout = worker.settings.idle_timeout;
+            let end = tunnel::run(&mut reader, &writer, dst, idle_timeout, &ticket).await;
             log::debug!(
                 "client {peer} path {}: plain tunnel ended: {end:?}",
                 route.path
@@ -197,6 +212,7 @@ async fn upgrade<S>(
             log::debug!("client {peer} path {}: mux session open", route.path);
             let (reader, writer) = tunnel::split_client(stream, early);
             let path = route.path.clone();
+            let _ticket = worker.stats.open(&route.path, Kind::MuxSession);
             let end = crate::mux::run(reader, writer, route, worker.settings.clone()).await;
             log::debug!("client {peer} path {path}: mux session ended: {end:?}");
         }

@@ -1,12 +1,15 @@
-//! The JSON control API (SPEC section 5) on its own thread: it owns the authoritative
-//! [`RouteTable`], validates each command whole, applies it, broadcasts the change to every
-//! worker and replies only once every worker routes by the new table.
+//! The controller on its own thread: it owns the authoritative [`RouteTable`], answers the
+//! panel's commands ([`crate::command`]) and `GET /metrics`, makes each change durable
+//! first when there is a state file, applies it, sends it to every worker and replies
+//! only once every worker routes by the new table.
 //!
-//! It speaks just enough HTTP/1.1 for panels: keep-alive, `Content-Length` bodies of at most
-//! [`MAX_BODY`] bytes, and the head limits of [`crate::http`]. It never touches the data
-//! path; workers learn of changes only through [`crate::routes::broadcast`].
+//! It speaks just enough HTTP/1.1 for panels: keep-alive, `Content-Length` bodies of at
+//! most [`MAX_BODY`] bytes, the head limits of [`crate::http`], and, when a secret is
+//! set, `Authorization: Bearer` on every request. It never touches the data path; workers
+//! learn of changes only through [`crate::broadcast`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,8 +21,12 @@ use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{self, HeadError};
-use crate::routes::{self, Route, RouteChange, RouteTable, WorkerLink};
+use crate::broadcast::{self, Reply as WorkerReply, Request, WorkerLink};
+pub use crate::command::{parse_command, valid_dst, Command, CommandError};
+use crate::http::{self, HeadError, RequestHead};
+use crate::routes::{Route, RouteChange, RouteTable};
+use crate::state::StateFile;
+use crate::stats::UserTotals;
 
 /// Largest body accepted: 2 MiB exactly (the Go server wrongly refuses this size).
 pub const MAX_BODY: u64 = 2 * 1024 * 1024;
@@ -30,170 +37,174 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most controller connections open at once; more are closed at once. A panel needs one.
 const MAX_CONNECTIONS: usize = 256;
 
-/// What the panel sends. Every field optional so that a missing field is a command error
-/// (res 2, HTTP 200), while a field of the wrong JSON type is a request error (400).
-#[derive(Debug, Deserialize)]
-struct CommandBody {
-    opt: Option<i64>,
-    args_bunch: Option<Vec<UserArg>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct UserArg {
-    path: Option<String>,
-    dst: Option<String>,
-}
-
-/// Every reply, errors included, carries all three keys.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// Every reply, errors included, carries the three keys of SPEC section 5; the commands
+/// this server adds fill their own extra keys, which old panels ignore.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Reply {
     pub res: u8,
     pub err_string: String,
     pub current_users: usize,
+    /// sync: users that were new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added: Option<usize>,
+    /// sync: users whose destination changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<usize>,
+    /// sync: users that were removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<usize>,
+    /// stats: per-user counters, summed over the workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<UserTotals>>,
+    /// kick: open tunnels (plain tunnels and mux sessions) told to close.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kicked: Option<usize>,
 }
 
-/// A command that passed validation, ready to apply as one batch.
-#[derive(Debug, PartialEq)]
-pub enum Command {
-    Add(Vec<(String, String)>),
-    Del(Vec<String>),
-    Reset,
-    Ping,
-}
-
-/// Why a request produced no command.
-#[derive(Debug, PartialEq, Eq)]
-pub enum CommandError {
-    /// The body is not one JSON object of the right shape: HTTP 400.
-    BadRequest(String),
-    /// The JSON is fine but the command is not: HTTP 200, res 2.
-    Invalid(String),
-}
-
-/// Parses and validates a request body into a command, all or nothing.
-pub fn parse_command(body: &[u8]) -> Result<Command, CommandError> {
-    // serde would read a JSON array into a struct field by field: insist on an object.
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') {
-        return Err(CommandError::BadRequest(
-            "body is not a JSON object".to_string(),
-        ));
-    }
-    let parsed: CommandBody = serde_json::from_slice(body)
-        .map_err(|e| CommandError::BadRequest(format!("bad json: {e}")))?;
-    let invalid = |s: String| Err(CommandError::Invalid(s));
-    match parsed.opt {
-        Some(1) => {
-            let args = match parsed.args_bunch {
-                Some(args) if !args.is_empty() => args,
-                _ => return invalid("add: args_bunch is missing or empty".into()),
-            };
-            let mut users = Vec::with_capacity(args.len());
-            for (i, arg) in args.into_iter().enumerate() {
-                let path = check_path(i, arg.path).map_err(CommandError::Invalid)?;
-                let Some(dst) = arg.dst else {
-                    return invalid(format!("add: args_bunch[{i}] ({path}): dst is missing"));
-                };
-                if !valid_dst(&dst) {
-                    return invalid(format!(
-                        "add: args_bunch[{i}] ({path}): dst {dst:?} is not HOST:PORT"
-                    ));
-                }
-                users.push((path, dst));
-            }
-            Ok(Command::Add(users))
-        }
-        Some(2) => {
-            let args = match parsed.args_bunch {
-                Some(args) if !args.is_empty() => args,
-                _ => return invalid("del: args_bunch is missing or empty".into()),
-            };
-            let paths = args
-                .into_iter()
-                .enumerate()
-                .map(|(i, arg)| check_path(i, arg.path))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(CommandError::Invalid)?;
-            Ok(Command::Del(paths))
-        }
-        Some(3) => Ok(Command::Reset),
-        Some(9) => Ok(Command::Ping),
-        _ => invalid("invalid opt".into()),
-    }
-}
-
-fn check_path(i: usize, path: Option<String>) -> Result<String, String> {
-    match path {
-        None => Err(format!("args_bunch[{i}]: path is missing")),
-        Some(p) if !p.starts_with('/') => {
-            Err(format!("args_bunch[{i}]: path {p:?} does not start with /"))
-        }
-        Some(p) => Ok(p),
-    }
-}
-
-/// `HOST:PORT` with a non-zero numeric port and a host that is a name, an IPv4 address or
-/// a bracketed IPv6 address.
-pub fn valid_dst(dst: &str) -> bool {
-    let Some((host, port)) = dst.rsplit_once(':') else {
-        return false;
-    };
-    let port_ok = !port.is_empty()
-        && port.len() <= 5
-        && port.bytes().all(|b| b.is_ascii_digit())
-        && matches!(port.parse::<u16>(), Ok(p) if p != 0);
-    let host_ok = if let Some(inner) = host.strip_prefix('[') {
-        inner
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
-    } else {
-        !host.is_empty()
-            && host.len() <= 253
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-    };
-    port_ok && host_ok
+/// How the controller is set up, beyond its workers.
+#[derive(Default)]
+pub struct Options {
+    /// Required as `Authorization: Bearer SECRET` on every request, when set.
+    pub secret: Option<String>,
+    /// Where applied changes are made durable.
+    pub state: Option<StateFile>,
+    /// Users to start with (from the state file).
+    pub initial_users: Vec<(String, String)>,
+    /// Per-user series on `/metrics`.
+    pub per_user_metrics: bool,
 }
 
 /// The authoritative table and the workers that copy it.
 pub struct Controller {
     /// The users as the panel last set them.
     table: RouteTable,
-    /// One link per worker, to broadcast changes on.
+    /// One link per worker, to send requests on.
     workers: Vec<WorkerLink>,
+    secret: Option<String>,
+    state: Option<StateFile>,
+    per_user_metrics: bool,
+}
+
+fn route(path: String, dst: String) -> Arc<Route> {
+    Arc::new(Route {
+        path: path.into_boxed_str(),
+        dst: dst.into_boxed_str(),
+    })
+}
+
+fn boxed(paths: Vec<String>) -> Vec<Box<str>> {
+    paths.into_iter().map(String::into_boxed_str).collect()
 }
 
 impl Controller {
-    pub fn new(workers: Vec<WorkerLink>) -> Self {
-        Self {
+    /// A controller over `workers`. Initial users are queued to every worker before it
+    /// starts, so they route from the first connection.
+    pub fn new(workers: Vec<WorkerLink>, options: Options) -> Self {
+        let mut controller = Self {
             table: RouteTable::new(),
             workers,
+            secret: options.secret.filter(|s| !s.is_empty()),
+            state: options.state,
+            per_user_metrics: options.per_user_metrics,
+        };
+        if !options.initial_users.is_empty() {
+            let change = RouteChange::Upsert(
+                options
+                    .initial_users
+                    .into_iter()
+                    .map(|(p, d)| route(p, d))
+                    .collect(),
+            );
+            controller.table.apply(&change);
+            broadcast::tell_all(&controller.workers, Request::Routes(change));
         }
+        controller
     }
 
-    /// Applies one command everywhere and returns once every worker has it.
-    pub fn execute(&mut self, command: Command) {
-        let change = match command {
-            Command::Ping => return,
-            Command::Reset => RouteChange::Clear,
-            Command::Del(paths) => {
-                RouteChange::Remove(paths.into_iter().map(String::into_boxed_str).collect())
-            }
-            Command::Add(users) => RouteChange::Upsert(
-                users
-                    .into_iter()
-                    .map(|(path, dst)| {
-                        Arc::new(Route {
-                            path: path.into_boxed_str(),
-                            dst: dst.into_boxed_str(),
-                        })
-                    })
-                    .collect(),
-            ),
-        };
+    /// Makes `change` durable (if there is a state file), applies it here and on every
+    /// worker, and returns once all have it.
+    fn change(&mut self, change: RouteChange) -> Result<(), String> {
+        if let Some(state) = &mut self.state {
+            state
+                .append(&change)
+                .map_err(|e| format!("internal: state file: {e}: nothing was changed"))?;
+        }
         self.table.apply(&change);
-        routes::broadcast(&self.workers, change);
+        broadcast::ask_all(&self.workers, Request::Routes(change));
+        if let Some(state) = &mut self.state {
+            if let Err(e) = state.compact_if_large(&self.table) {
+                log::error!("internal: compacting the state file: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one validated command; the reply's extra fields are filled where it has them.
+    pub fn execute(&mut self, command: Command) -> Result<Reply, String> {
+        let mut reply = Reply::default();
+        match command {
+            Command::Ping => {}
+            Command::Reset => self.change(RouteChange::Clear)?,
+            Command::Del(paths) => self.change(RouteChange::Remove(boxed(paths)))?,
+            Command::Add(users) => self.change(RouteChange::Upsert(
+                users.into_iter().map(|(p, d)| route(p, d)).collect(),
+            ))?,
+            Command::Sync(users) => {
+                let mut wanted = HashSet::with_capacity(users.len());
+                let (mut added, mut changed) = (0, 0);
+                let mut upsert = Vec::new();
+                for (path, dst) in users {
+                    match self.table.lookup(&path) {
+                        Some(existing) if *existing.dst == *dst => {}
+                        Some(_) => {
+                            changed += 1;
+                            upsert.push(route(path.clone(), dst));
+                        }
+                        None if wanted.contains(&path) => {
+                            // A duplicate inside the sync: the later one wins, counted once.
+                            upsert.push(route(path.clone(), dst));
+                        }
+                        None => {
+                            added += 1;
+                            upsert.push(route(path.clone(), dst));
+                        }
+                    }
+                    wanted.insert(path);
+                }
+                let remove: Vec<Box<str>> = self
+                    .table
+                    .iter()
+                    .filter(|r| !wanted.contains(&*r.path))
+                    .map(|r| r.path.clone())
+                    .collect();
+                reply.added = Some(added);
+                reply.changed = Some(changed);
+                reply.removed = Some(remove.len());
+                if !upsert.is_empty() || !remove.is_empty() {
+                    self.change(RouteChange::Sync { upsert, remove })?;
+                }
+            }
+            Command::Stats { paths, reset } => {
+                let request = Request::Stats {
+                    paths: paths.map(boxed),
+                    reset,
+                };
+                reply.users = Some(sum_totals(broadcast::ask_all(&self.workers, request)));
+            }
+            Command::Kick(paths) => {
+                let kicked = broadcast::ask_all(&self.workers, Request::Kick(boxed(paths)))
+                    .into_iter()
+                    .map(|r| match r {
+                        Some(WorkerReply::Kicked(n)) => n,
+                        _ => 0,
+                    })
+                    .sum();
+                reply.kicked = Some(kicked);
+            }
+        }
+        reply.res = 1;
+        reply.current_users = self.table.len();
+        Ok(reply)
     }
 
     pub fn users(&self) -> usize {
@@ -203,28 +214,89 @@ impl Controller {
     /// Answers one request body: the HTTP status and the reply.
     pub fn handle_body(&mut self, body: &[u8]) -> (u16, Reply) {
         match parse_command(body) {
-            Ok(command) => {
-                self.execute(command);
-                (200, self.reply(1, String::new()))
-            }
-            Err(CommandError::Invalid(why)) => (200, self.reply(2, why)),
-            Err(CommandError::BadRequest(why)) => (400, self.reply(2, why)),
+            Ok(command) => match self.execute(command) {
+                Ok(reply) => (200, reply),
+                Err(why) => (500, self.error(why)),
+            },
+            Err(CommandError::Invalid(why)) => (200, self.error(why)),
+            Err(CommandError::BadRequest(why)) => (400, self.error(why)),
         }
     }
 
-    fn reply(&self, res: u8, err_string: String) -> Reply {
+    /// The `/metrics` page.
+    pub fn metrics(&self) -> String {
+        let snapshots: Vec<_> = broadcast::ask_all(&self.workers, Request::Metrics)
+            .into_iter()
+            .map(|r| match r {
+                Some(WorkerReply::Metrics(m)) => m,
+                _ => Default::default(),
+            })
+            .collect();
+        let per_user = self.per_user_metrics.then(|| {
+            let request = Request::Stats {
+                paths: None,
+                reset: false,
+            };
+            sum_totals(broadcast::ask_all(&self.workers, request))
+        });
+        crate::metrics::render(self.table.len(), &snapshots, per_user.as_deref())
+    }
+
+    /// Whether a request may be served: always without a secret, else only with it.
+    fn authorized(&self, head: &RequestHead) -> bool {
+        let Some(secret) = &self.secret else {
+            return true;
+        };
+        let Some(given) = head
+            .authorization
+            .as_deref()
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        // Compare without an early exit so the time taken does not tell how much matched.
+        let (a, b) = (given.trim().as_bytes(), secret.as_bytes());
+        let mut diff = (a.len() != b.len()) as u8;
+        for i in 0..a.len().max(b.len()) {
+            diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+        }
+        diff == 0
+    }
+
+    fn error(&self, err_string: String) -> Reply {
         Reply {
-            res,
+            res: 2,
             err_string,
             current_users: self.table.len(),
+            ..Reply::default()
         }
     }
+}
+
+/// Sums the workers' per-user reports into one entry per user.
+fn sum_totals(replies: Vec<Option<WorkerReply>>) -> Vec<UserTotals> {
+    let mut by_path: std::collections::BTreeMap<String, UserTotals> = Default::default();
+    for reply in replies {
+        if let Some(WorkerReply::Stats(totals)) = reply {
+            for t in totals {
+                let entry = by_path.entry(t.path.clone()).or_insert_with(|| UserTotals {
+                    path: t.path.clone(),
+                    ..Default::default()
+                });
+                entry.bytes_up += t.bytes_up;
+                entry.bytes_down += t.bytes_down;
+                entry.tunnels_opened += t.tunnels_opened;
+                entry.tunnels_open += t.tunnels_open;
+            }
+        }
+    }
+    by_path.into_values().collect()
 }
 
 /// Runs the controller on the calling thread until the process ends.
 pub fn run(
     listener: std::net::TcpListener,
-    workers: Vec<WorkerLink>,
+    controller: Controller,
     head_timeout: Duration,
 ) -> std::io::Result<()> {
     let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
@@ -232,8 +304,8 @@ pub fn run(
         .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let controller = Rc::new(RefCell::new(Controller::new(workers)));
-        let open = Rc::new(std::cell::Cell::new(0usize));
+        let controller = Rc::new(RefCell::new(controller));
+        let open = Rc::new(Cell::new(0usize));
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
@@ -279,41 +351,57 @@ async fn serve(
                 let status = if e == HeadError::TooLarge { 431 } else { 400 };
                 let reply = controller
                     .borrow()
-                    .reply(2, format!("bad request head: {e:?}"));
+                    .error(format!("bad request head: {e:?}"));
                 respond(&mut stream, status, &reply, false).await;
                 return;
             }
         };
         buf.drain(..head_len);
-        if head.method != "POST" {
-            let reply = controller
-                .borrow()
-                .reply(2, format!("method {} not allowed: use POST", head.method));
-            respond(&mut stream, 405, &reply, false).await;
-            return;
-        }
-        if head.transfer_encoding {
-            let reply = controller.borrow().reply(
-                2,
+        let refuse = |status: u16, why: String| (status, controller.borrow().error(why));
+        let refusal = if !controller.borrow().authorized(&head) {
+            log::warn!("controller {peer}: refused: missing or wrong secret");
+            Some(refuse(
+                401,
+                "unauthorized: send Authorization: Bearer SECRET".into(),
+            ))
+        } else if head.method == "GET"
+            && http::route_key(&head.target).as_deref() == Some("/metrics")
+        {
+            let page = controller.borrow().metrics();
+            let keep_alive = head.keep_alive();
+            let response = http::text_response(200, &page, keep_alive);
+            if stream.write_all(response).await.0.is_err() || !keep_alive {
+                return;
+            }
+            deadline = Instant::now() + KEEP_ALIVE_IDLE;
+            continue;
+        } else if head.method != "POST" {
+            Some(refuse(
+                405,
+                format!("method {} not allowed: use POST", head.method),
+            ))
+        } else if head.transfer_encoding {
+            Some(refuse(
+                411,
                 "chunked bodies are not accepted: send Content-Length".into(),
-            );
-            respond(&mut stream, 411, &reply, false).await;
+            ))
+        } else if head.bad_content_length {
+            Some(refuse(400, "bad Content-Length".into()))
+        } else if head.content_length.unwrap_or(0) > MAX_BODY {
+            let length = head.content_length.unwrap_or(0);
+            Some(refuse(
+                413,
+                format!("body of {length} bytes is over {MAX_BODY}"),
+            ))
+        } else {
+            None
+        };
+        if let Some((status, reply)) = refusal {
+            // The body (if any) is unread: the connection cannot carry another request.
+            respond(&mut stream, status, &reply, false).await;
             return;
         }
-        if head.bad_content_length {
-            let reply = controller.borrow().reply(2, "bad Content-Length".into());
-            respond(&mut stream, 400, &reply, false).await;
-            return;
-        }
-        let length = head.content_length.unwrap_or(0);
-        if length > MAX_BODY {
-            let reply = controller
-                .borrow()
-                .reply(2, format!("body of {length} bytes is over {MAX_BODY}"));
-            respond(&mut stream, 413, &reply, false).await;
-            return;
-        }
-        let length = length as usize;
+        let length = head.content_length.unwrap_or(0) as usize;
         let body_deadline = Instant::now() + BODY_TIMEOUT;
         while buf.len() < length {
             if buf.capacity() < length {
@@ -343,7 +431,7 @@ async fn serve(
 }
 
 async fn respond(stream: &mut TcpStream, status: u16, reply: &Reply, keep_alive: bool) -> bool {
-    // Serializing three plain fields cannot fail.
+    // Serializing plain fields cannot fail.
     let body = serde_json::to_string(reply).unwrap_or_default();
     let response = http::json_response(status, &body, keep_alive);
     let (result, _) = stream.write_all(response).await;
@@ -354,84 +442,9 @@ async fn respond(stream: &mut TcpStream, status: u16, reply: &Reply, keep_alive:
 mod tests {
     use super::*;
 
-    fn err(body: &str) -> CommandError {
-        parse_command(body.as_bytes()).unwrap_err()
-    }
-
-    #[test]
-    fn parses_each_command() {
-        assert_eq!(
-            parse_command(br#"{"opt":1,"args_bunch":[{"path":"/a","dst":"127.0.0.1:1"},{"path":"/b","dst":"h.example:2"}]}"#),
-            Ok(Command::Add(vec![
-                ("/a".into(), "127.0.0.1:1".into()),
-                ("/b".into(), "h.example:2".into())
-            ]))
-        );
-        assert_eq!(
-            parse_command(br#"{"opt":2,"args_bunch":[{"path":"/a"}]}"#),
-            Ok(Command::Del(vec!["/a".into()]))
-        );
-        assert_eq!(parse_command(br#" {"opt":3} "#), Ok(Command::Reset));
-        assert_eq!(
-            parse_command(br#"{"opt":9,"args_bunch":null}"#),
-            Ok(Command::Ping)
-        );
-    }
-
-    #[test]
-    fn command_errors_are_invalid_not_bad_request() {
-        for body in [
-            "{}",
-            r#"{"opt":4}"#,
-            r#"{"opt":1}"#,
-            r#"{"opt":1,"args_bunch":[]}"#,
-            r#"{"opt":1,"args_bunch":[{"dst":"h:1"}]}"#,
-            r#"{"opt":1,"args_bunch":[{"path":"/a"}]}"#,
-            r#"{"opt":1,"args_bunch":[{"path":"a","dst":"h:1"}]}"#,
-            r#"{"opt":1,"args_bunch":[{"path":"/a","dst":"h"}]}"#,
-            r#"{"opt":2}"#,
-            r#"{"opt":2,"args_bunch":[{}]}"#,
-        ] {
-            assert!(matches!(err(body), CommandError::Invalid(_)), "{body}");
-        }
-        assert_eq!(err("{}"), CommandError::Invalid("invalid opt".into()));
-    }
-
-    #[test]
-    fn shape_errors_are_bad_request() {
-        for body in [
-            "",
-            "null",
-            "[1]",
-            "{",
-            r#"{"opt":"1"}"#,
-            r#"{"opt":1.5}"#,
-            r#"{"opt":1} x"#,
-            r#"{"opt":1,"args_bunch":{}}"#,
-            r#"{"opt":1,"args_bunch":[{"path":5,"dst":"h:1"}]}"#,
-            r#"{"opt":99999999999999999999999}"#,
-            r#"{"opt":1,"opt":2}"#,
-        ] {
-            assert!(matches!(err(body), CommandError::BadRequest(_)), "{body}");
-        }
-    }
-
-    #[test]
-    fn dst_forms() {
-        for ok in ["127.0.0.1:80", "[::1]:443", "example.com:65535", "a_b-c:1"] {
-            assert!(valid_dst(ok), "{ok}");
-        }
-        for bad in [
-            "", "h", ":80", "h:", "h:0", "h:65536", "h:http", "::1:80", "[::1]", "[x]:1", "h h:1",
-            "h:+80",
-        ] {
-            assert!(!valid_dst(bad), "{bad}");
-        }
-    }
-
     #[test]
     fn failed_batch_changes_nothing() {
-        let mut controller = Controller::new(Vec::new());
+        let mut controller = Controller::new(Vec::new(), Options::default());
         let (status, reply) =
             controller.handle_body(br#"{"opt":1,"args_bunch":[{"path":"/a","dst":"h:1"}]}"#);
         assert_eq!((status, reply.res, reply.current_users), (200, 1, 1));

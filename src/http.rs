@@ -65,6 +65,8 @@ pub struct RequestHead {
     pub bad_content_length: bool,
     /// `Transfer-Encoding` present (we never read chunked bodies on the data port).
     pub transfer_encoding: bool,
+    /// `Authorization`, as sent (the controller's secret).
+    pub authorization: Option<String>,
 }
 
 impl RequestHead {
@@ -174,6 +176,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError>
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             head.transfer_encoding = true;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            head.authorization = Some(value.into_owned());
         }
     }
     Ok(Some((head, len)))
@@ -288,7 +292,23 @@ pub fn json_response(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
         reason_phrase(status),
         http_date(SystemTime::now()),
         body.len(),
-        if status == 405 { "Allow: POST\r\n" } else { "" },
+        match status {
+            405 => "Allow: POST\r\n",
+            401 => "WWW-Authenticate: Bearer\r\n",
+            _ => "",
+        },
+    )
+    .into_bytes()
+}
+
+/// A plain-text response (the Prometheus exposition format).
+pub fn text_response(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nDate: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
+        reason_phrase(status),
+        http_date(SystemTime::now()),
+        body.len(),
     )
     .into_bytes()
 }

@@ -27,20 +27,32 @@
 //! - [`mux`]: the smux v1 session (multiplexed mode).
 //! - [`smux`]: the smux v1 frame codec.
 //! - [`task`]: spawning tasks so that a panic ends only its own task.
-//! - [`routes`]: route table, route changes, per-worker copies and their updates.
-//! - [`controller`]: the JSON control API on its own thread.
+//! - [`routes`]: the route table and the changes made to it.
+//! - [`broadcast`]: requests from the controller to every worker (route changes, counters,
+//!   kicks, metrics) and their answers.
+//! - [`stats`]: per-user and per-worker counters, kicking.
+//! - [`controller`]: the control API on its own thread: authoritative table, HTTP, auth,
+//!   `/metrics`.
+//! - [`command`]: parsing and validating the controller's JSON commands.
+//! - [`state`]: durable users (`-state FILE`): a log of changes with compaction.
+//! - [`metrics`]: the Prometheus text format of `/metrics`.
 //! - [`doorbell`]: waking a worker's task from another thread (route changes, shutdown).
 
+pub mod broadcast;
 pub mod client;
+pub mod command;
 pub mod config;
 pub mod connection;
 pub mod controller;
 pub mod doorbell;
 pub mod http;
+pub mod metrics;
 pub mod mux;
 pub mod routes;
 pub mod server;
 pub mod smux;
+pub mod state;
+pub mod stats;
 pub mod task;
 pub mod tls;
 pub mod tunnel;

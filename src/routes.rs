@@ -1,21 +1,15 @@
-//! Users and where their bytes go: the route table, the changes the controller makes to it,
-//! and the per-worker copy the data path reads without a lock.
+//! Users and where their bytes go: the route table and the changes the controller makes
+//! to it.
 //!
-//! The controller owns the authoritative [`RouteTable`]. Each change is one
-//! [`RouteChange`], shared by `Arc` and sent to every worker over a crossbeam channel; the
-//! worker applies it to its own [`RouteTable`] and acknowledges, and the controller replies
-//! to the panel only after every worker has acknowledged. A [`Doorbell`] wakes the worker's
-//! update task from the controller thread, so there is no polling tick. This module knows
-//! nothing of sockets or HTTP.
+//! The controller owns the authoritative [`RouteTable`]; each worker has its own copy,
+//! which the data path reads without a lock. Each change is one [`RouteChange`], applied
+//! to the controller's table and sent, shared by `Arc`, to every worker (see
+//! [`crate::broadcast`]). This module knows nothing of threads, sockets or HTTP.
 
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-
-use crossbeam_channel::{Receiver, Sender};
-
-use crate::doorbell::Doorbell;
 
 /// One user: the request path that selects it and the `HOST:PORT` its tunnels go to.
 /// Shared by `Arc` between the controller's table and every worker's copy, so a user costs
@@ -62,6 +56,11 @@ impl RouteTable {
         Self::default()
     }
 
+    /// Every route, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter().map(|entry| &entry.0)
+    }
+
     /// The route for `path`, if a user has it.
     pub fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes.get(path).map(|entry| &entry.0)
@@ -95,6 +94,14 @@ impl RouteTable {
             RouteChange::Clear => {
                 self.routes = HashSet::new();
             }
+            RouteChange::Sync { upsert, remove } => {
+                for route in upsert {
+                    self.routes.replace(ByPath(Arc::clone(route)));
+                }
+                for path in remove {
+                    self.routes.remove(&**path);
+                }
+            }
         }
     }
 }
@@ -108,82 +115,11 @@ pub enum RouteChange {
     Remove(Vec<Box<str>>),
     /// Delete every user.
     Clear,
-}
-
-/// A change on its way to one worker, with the channel on which the worker says it has
-/// applied it.
-pub struct RouteUpdate {
-    /// The change, shared by all workers.
-    pub change: Arc<RouteChange>,
-    /// Dropped or sent to once the change is applied; the controller waits for all of them.
-    pub applied: Sender<()>,
-}
-
-/// The controller's end of one worker's update channel.
-pub struct WorkerLink {
-    pub updates: Sender<RouteUpdate>,
-    pub doorbell: Arc<Doorbell>,
-}
-
-/// The worker's end of its update channel.
-pub struct WorkerInbox {
-    pub updates: Receiver<RouteUpdate>,
-    pub doorbell: Arc<Doorbell>,
-}
-
-/// A connected pair of ends for one worker.
-pub fn worker_link() -> (WorkerLink, WorkerInbox) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let doorbell = Arc::new(Doorbell::default());
-    (
-        WorkerLink {
-            updates: tx,
-            doorbell: Arc::clone(&doorbell),
-        },
-        WorkerInbox {
-            updates: rx,
-            doorbell,
-        },
-    )
-}
-
-/// Sends `change` to every worker and returns once each has applied it (or has gone away,
-/// which only happens when its thread died).
-pub fn broadcast(workers: &[WorkerLink], change: RouteChange) {
-    let change = Arc::new(change);
-    let (applied_tx, applied_rx) = crossbeam_channel::bounded(workers.len());
-    for worker in workers {
-        let update = RouteUpdate {
-            change: Arc::clone(&change),
-            applied: applied_tx.clone(),
-        };
-        if worker.updates.send(update).is_ok() {
-            worker.doorbell.ring();
-        }
-    }
-    // With our own sender gone, `recv` fails once every worker has acknowledged or dropped
-    // its update.
-    drop(applied_tx);
-    while applied_rx.recv().is_ok() {}
-}
-
-/// A worker's task that applies route changes to its table as they arrive.
-pub async fn apply_updates(inbox: WorkerInbox, table: &std::cell::RefCell<RouteTable>) {
-    loop {
-        inbox.doorbell.wait().await;
-        loop {
-            match inbox.updates.try_recv() {
-                Ok(update) => {
-                    table.borrow_mut().apply(&update.change);
-                    // The controller may have stopped waiting (it never does today); an
-                    // unread acknowledgement is harmless.
-                    let _ = update.applied.send(());
-                }
-                Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => return,
-            }
-        }
-    }
+    /// A full sync: upsert these, then remove those, as one change.
+    Sync {
+        upsert: Vec<Arc<Route>>,
+        remove: Vec<Box<str>>,
+    },
 }
 
 #[cfg(test)]
@@ -224,34 +160,5 @@ mod tests {
         assert!(table.lookup("/b").is_some());
         table.apply(&RouteChange::Clear);
         assert!(table.is_empty());
-    }
-
-    #[test]
-    fn broadcast_returns_after_every_worker_applied() {
-        let mut links = Vec::new();
-        let mut threads = Vec::new();
-        for _ in 0..3 {
-            let (link, inbox) = worker_link();
-            links.push(link);
-            threads.push(std::thread::spawn(move || {
-                let mut table = RouteTable::new();
-                // A plain thread stands in for a worker: block on the channel.
-                while let Ok(update) = inbox.updates.recv() {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    table.apply(&update.change);
-                    let done = table.len();
-                    update.applied.send(()).unwrap();
-                    if done == 0 {
-                        return table.len();
-                    }
-                }
-                usize::MAX
-            }));
-        }
-        broadcast(&links, RouteChange::Upsert(vec![route("/x", "h:1")]));
-        broadcast(&links, RouteChange::Clear);
-        for t in threads {
-            assert_eq!(t.join().unwrap(), 0);
-        }
     }
 }

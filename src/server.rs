@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::{self, Config, TlsMode};
+use crate::broadcast;
+use crate::config::{self, Config, Secret, TlsMode};
+use crate::controller::{Controller, Options};
 use crate::doorbell::Doorbell;
-use crate::routes;
+use crate::state::StateFile;
 use crate::tls;
 use crate::worker::{self, ConnectionLimit, Settings, WorkerSpec};
 
@@ -141,6 +143,34 @@ pub fn start(config: Config) -> Result<Running, String> {
         .local_addr()
         .map_err(|e| format!("-c {}: {e}", config.controller))?;
 
+    let secret = match &config.secret {
+        None => None,
+        Some(Secret::Value(s)) => Some(s.clone()),
+        Some(Secret::File(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("-secret-file {}: {e}", path.display()))?;
+            let secret = text.trim().to_string();
+            if secret.is_empty() {
+                return Err(format!(
+                    "-secret-file {}: the file is empty",
+                    path.display()
+                ));
+            }
+            Some(secret)
+        }
+    };
+    if secret.is_none() && !controller_addr.ip().is_loopback() {
+        log::warn!(
+            "the controller listens on {controller_addr}, beyond this host, without a secret: anyone who can reach it can add users; set -secret or -secret-file"
+        );
+    }
+    let (state, initial_users) = match &config.state {
+        Some(path) => {
+            let (state, users) = StateFile::open(path)?;
+            (Some(state), users)
+        }
+        None => (None, Vec::new()),
+    };
     let settings = Settings {
         mux_default: config.mux,
         idle_timeout: config.timeout,
@@ -159,9 +189,25 @@ pub fn start(config: Config) -> Result<Running, String> {
     let mut links = Vec::with_capacity(config.workers);
     let mut workers = Vec::with_capacity(config.workers);
     let mut shutdown = Vec::with_capacity(config.workers);
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let (link, inbox) = routes::worker_link();
+    let mut inboxes = Vec::with_capacity(config.workers);
+    for _ in 0..config.workers {
+        let (link, inbox) = broadcast::worker_link();
         links.push(link);
+        inboxes.push(inbox);
+    }
+    // The controller queues the restored users to every worker before any worker starts,
+    // so they route from the first connection.
+    let users = initial_users.len();
+    let controller = Controller::new(
+        links,
+        Options {
+            secret,
+            state,
+            initial_users,
+            per_user_metrics: config.metrics_per_user,
+        },
+    );
+    for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let bell = Arc::new(Doorbell::default());
         shutdown.push(Arc::clone(&bell));
         let spec = WorkerSpec {
@@ -181,7 +227,7 @@ pub fn start(config: Config) -> Result<Running, String> {
     std::thread::Builder::new()
         .name("controller".into())
         .spawn(move || {
-            if let Err(e) = crate::controller::run(controller_listener, links, head_timeout) {
+            if let Err(e) = crate::controller::run(controller_listener, controller, head_timeout) {
                 log::error!("internal: controller: {e}");
                 std::process::exit(1);
             }
@@ -194,7 +240,7 @@ pub fn start(config: Config) -> Result<Running, String> {
         TlsMode::Plain => "plain",
     };
     eprintln!(
-        "mtt-mu-server ready: data={data_addr} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns}",
+        "mtt-mu-server ready: data={data_addr} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns} users={users}",
         config.workers, config.mux, config.timeout
     );
     Ok(Running {

@@ -25,6 +25,7 @@ use monoio::time::Instant;
 use crate::client::{
     ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM, INITIAL_BUFFER, MAX_BUFFER,
 };
+use crate::stats::Ticket;
 use crate::ws::{self, close_code, OpCode};
 
 /// Bound on dialing a destination, name resolution included.
@@ -79,15 +80,19 @@ pub enum TunnelEnd {
     BackendError,
     /// No bytes in either direction for the idle timeout.
     Idle,
+    /// The controller kicked the user.
+    Kicked,
 }
 
 /// Runs a plain tunnel between a client (its frame reader and writer) and a connected
-/// `dst`, until either side ends it.
+/// `dst`, until either side ends it, it idles out, or the user is kicked. Bytes are counted
+/// on `ticket`.
 pub async fn run<R, W>(
     client: &mut ClientReader<R>,
     writer: &ClientWriter<W>,
     dst: TcpStream,
     idle_timeout: Duration,
+    ticket: &Ticket,
 ) -> TunnelEnd
 where
     R: AsyncReadRent,
@@ -95,36 +100,41 @@ where
 {
     let (dst_read, dst_write) = dst.into_split();
     let activity = Cell::new(Instant::now());
-    let mut up = pin!(client_to_dst(client, dst_write, writer, &activity));
-    let mut down = pin!(dst_to_client(dst_read, writer, &activity));
+    let mut up = pin!(client_to_dst(client, dst_write, writer, &activity, ticket));
+    let mut down = pin!(dst_to_client(dst_read, writer, &activity, ticket));
     let mut idle = pin!(idle_watch(&activity, idle_timeout));
+    let mut kicked = pin!(ticket.kicked());
 
-    let first = poll_fn(|cx| {
+    let end = poll_fn(|cx| {
         if let Poll::Ready(end) = up.as_mut().poll(cx) {
-            return Poll::Ready(Some(end));
+            return Poll::Ready(end);
         }
         if let Poll::Ready(end) = down.as_mut().poll(cx) {
-            return Poll::Ready(Some(end));
+            return Poll::Ready(end);
         }
         if idle.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+            return Poll::Ready(TunnelEnd::Idle);
+        }
+        if kicked.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(TunnelEnd::Kicked);
         }
         Poll::Pending
     })
     .await;
 
-    let end = match first {
-        Some(TunnelEnd::BackendClosed) => {
+    match end {
+        TunnelEnd::BackendClosed => {
             // Our close frame is out: give the client a moment to answer it, then go.
             let _ = monoio::time::timeout(CLOSE_WAIT, up).await;
-            TunnelEnd::BackendClosed
         }
-        Some(end) => end,
-        None => {
+        TunnelEnd::Idle => {
             writer.send_close(close_code::GOING_AWAY, "idle").await.ok();
-            TunnelEnd::Idle
         }
-    };
+        TunnelEnd::Kicked => {
+            writer.send_close(close_code::POLICY, "").await.ok();
+        }
+        _ => {}
+    }
     writer.shutdown().await;
     end
 }
@@ -135,6 +145,7 @@ async fn client_to_dst<R, D, W>(
     mut dst: D,
     writer: &ClientWriter<W>,
     activity: &Cell<Instant>,
+    ticket: &Ticket,
 ) -> TunnelEnd
 where
     R: AsyncReadRent,
@@ -144,6 +155,7 @@ where
     loop {
         match client.next(activity).await {
             Ok(Incoming::Data(range)) => {
+                ticket.up(range.len());
                 let buf = std::mem::take(client.buf_mut());
                 let (result, slice) = dst.write_all(buf.slice(range)).await;
                 *client.buf_mut() = slice.into_inner();
@@ -185,6 +197,7 @@ async fn dst_to_client<D, W>(
     mut dst: D,
     writer: &ClientWriter<W>,
     activity: &Cell<Instant>,
+    ticket: &Ticket,
 ) -> TunnelEnd
 where
     D: AsyncReadRent,
@@ -211,6 +224,7 @@ where
             }
         };
         activity.set(Instant::now());
+        ticket.down(n);
         let (result, back) = writer.send_binary(buf).await;
         buf = back;
         if result.is_err() {

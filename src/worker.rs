@@ -23,8 +23,10 @@ use std::time::Duration;
 use monoio::net::TcpListener;
 use monoio_rustls::TlsAcceptor;
 
+use crate::broadcast::{self, Reply, Request, WorkerInbox};
 use crate::doorbell::Doorbell;
-use crate::routes::{self, RouteTable, WorkerInbox};
+use crate::routes::RouteTable;
+use crate::stats::{Refusal, StatsTable};
 
 /// Listen backlog of each worker's socket.
 const BACKLOG: i32 = 4096;
@@ -120,6 +122,25 @@ pub struct Worker {
     /// The TLS acceptor, or `None` for plain HTTP behind a proxy.
     pub tls: Option<TlsAcceptor>,
     pub settings: Settings,
+    /// This worker's counters, per user and in total.
+    pub stats: StatsTable,
+}
+
+impl Worker {
+    /// Answers one request from the controller.
+    fn answer(&self, request: &Request) -> Reply {
+        match request {
+            Request::Routes(change) => {
+                self.routes.borrow_mut().apply(change);
+                Reply::Applied
+            }
+            Request::Stats { paths, reset } => {
+                Reply::Stats(self.stats.collect(paths.as_deref(), *reset))
+            }
+            Request::Kick(paths) => Reply::Kicked(self.stats.kick(paths)),
+            Request::Metrics => Reply::Metrics(self.stats.metrics.snapshot()),
+        }
+    }
 }
 
 /// What a worker thread is started with.
@@ -175,10 +196,16 @@ async fn run(spec: WorkerSpec) {
         routes: RefCell::new(RouteTable::new()),
         tls: spec.tls.map(TlsAcceptor::from),
         settings: spec.settings,
+        stats: StatsTable::default(),
     });
-    let updater = Rc::clone(&worker);
+    // Routes loaded from the state file are queued already: apply them before accepting.
+    let index = spec.index;
+    broadcast::drain(&spec.inbox, index, &mut |request| worker.answer(request));
+    let answering = Rc::clone(&worker);
     let inbox = spec.inbox;
-    monoio::spawn(async move { routes::apply_updates(inbox, &updater.routes).await });
+    monoio::spawn(async move {
+        broadcast::serve_requests(inbox, index, |request| answering.answer(request)).await
+    });
     let active = Rc::new(Active::default());
     {
         let mut stop = pin!(spec.shutdown.wait());
@@ -198,6 +225,7 @@ async fn run(spec: WorkerSpec) {
                 Some(Ok((stream, peer))) => {
                     let Some(permit) = spec.limit.acquire() else {
                         // Over the cap: closing at once is the cheapest refusal.
+                        worker.stats.metrics.refuse(Refusal::OverCapacity);
                         log::debug!("client {peer}: refused, connection limit reached");
                         continue;
                     };

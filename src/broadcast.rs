@@ -1,0 +1,182 @@
+//! Requests from the controller thread to every worker, and their replies: route changes,
+//! counter collection, kicks and metrics. Each request goes to every worker over its own
+//! crossbeam channel, and a [`Doorbell`] wakes the worker's request task, so there is no
+//! polling; [`ask_all`] returns once every worker has answered (or is gone, which only
+//! happens when its thread died). That is what lets the controller reply to the panel only
+//! when every worker routes by the new table.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::doorbell::Doorbell;
+use crate::routes::RouteChange;
+use crate::stats::{MetricsSnapshot, UserTotals};
+
+/// What the controller asks of a worker.
+#[derive(Debug)]
+pub enum Request {
+    /// Apply this change to the worker's routes.
+    Routes(RouteChange),
+    /// Report the counters of these users (all when `None`), resetting them if asked.
+    Stats {
+        paths: Option<Vec<Box<str>>>,
+        reset: bool,
+    },
+    /// Close the open connections of these users.
+    Kick(Vec<Box<str>>),
+    /// Report the worker's totals for `/metrics`.
+    Metrics,
+}
+
+/// A worker's answer to a [`Request`].
+#[derive(Debug)]
+pub enum Reply {
+    Applied,
+    Stats(Vec<UserTotals>),
+    Kicked(usize),
+    Metrics(MetricsSnapshot),
+}
+
+/// A request on its way to one worker, with the channel for its answer.
+pub struct Envelope {
+    /// The request, shared by all workers.
+    pub request: Arc<Request>,
+    /// Where the worker answers; the controller waits for every worker's answer.
+    pub reply: Sender<(usize, Reply)>,
+}
+
+/// The controller's end of one worker's request channel.
+pub struct WorkerLink {
+    pub requests: Sender<Envelope>,
+    pub doorbell: Arc<Doorbell>,
+}
+
+/// The worker's end of its request channel.
+pub struct WorkerInbox {
+    pub requests: Receiver<Envelope>,
+    pub doorbell: Arc<Doorbell>,
+}
+
+/// A connected pair of ends for one worker.
+pub fn worker_link() -> (WorkerLink, WorkerInbox) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let doorbell = Arc::new(Doorbell::default());
+    (
+        WorkerLink {
+            requests: tx,
+            doorbell: Arc::clone(&doorbell),
+        },
+        WorkerInbox {
+            requests: rx,
+            doorbell,
+        },
+    )
+}
+
+/// Sends `request` to every worker and returns their answers, indexed by worker, once all
+/// have answered; a worker that is gone has no answer.
+pub fn ask_all(workers: &[WorkerLink], request: Request) -> Vec<Option<Reply>> {
+    let request = Arc::new(request);
+    let (reply_tx, reply_rx) = crossbeam_channel::bounded(workers.len());
+    for worker in workers {
+        let envelope = Envelope {
+            request: Arc::clone(&request),
+            reply: reply_tx.clone(),
+        };
+        if worker.requests.send(envelope).is_ok() {
+            worker.doorbell.ring();
+        }
+    }
+    // With our own sender gone, `recv` fails once every worker has answered or dropped
+    // its envelope.
+    drop(reply_tx);
+    let mut replies: Vec<Option<Reply>> = (0..workers.len()).map(|_| None).collect();
+    while let Ok((index, reply)) = reply_rx.recv() {
+        if let Some(slot) = replies.get_mut(index) {
+            *slot = Some(reply);
+        }
+    }
+    replies
+}
+
+/// Sends `request` to every worker without waiting for answers (for workers that have not
+/// started yet: they answer queued requests before accepting connections).
+pub fn tell_all(workers: &[WorkerLink], request: Request) {
+    let request = Arc::new(request);
+    let (reply_tx, _) = crossbeam_channel::bounded(workers.len());
+    for worker in workers {
+        let envelope = Envelope {
+            request: Arc::clone(&request),
+            reply: reply_tx.clone(),
+        };
+        if worker.requests.send(envelope).is_ok() {
+            worker.doorbell.ring();
+        }
+    }
+}
+
+/// A worker's task: answers requests as they arrive, with `handle`.
+pub async fn serve_requests(
+    inbox: WorkerInbox,
+    index: usize,
+    mut handle: impl FnMut(&Request) -> Reply,
+) {
+    loop {
+        drain(&inbox, index, &mut handle);
+        inbox.doorbell.wait().await;
+    }
+}
+
+/// Answers every request already queued, without waiting.
+pub fn drain(inbox: &WorkerInbox, index: usize, handle: &mut impl FnMut(&Request) -> Reply) {
+    while let Ok(envelope) = inbox.requests.try_recv() {
+        let reply = handle(&envelope.request);
+        // The controller may have stopped waiting (it never does today); an unread
+        // answer is harmless.
+        let _ = envelope.reply.send((index, reply));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{Route, RouteTable};
+
+    #[test]
+    fn ask_all_returns_after_every_worker_answered() {
+        let mut links = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..3 {
+            let (link, inbox) = worker_link();
+            links.push(link);
+            threads.push(std::thread::spawn(move || {
+                let mut table = RouteTable::new();
+                // A plain thread stands in for a worker: block on the channel.
+                while let Ok(envelope) = inbox.requests.recv() {
+                    std::thread::sleep(std::time::Duration::from_millis(20 * index as u64));
+                    if let Request::Routes(change) = &*envelope.request {
+                        table.apply(change);
+                    }
+                    envelope.reply.send((index, Reply::Applied)).unwrap();
+                    if table.is_empty() {
+                        return;
+                    }
+                }
+            }));
+        }
+        let route = Arc::new(Route {
+            path: "/x".into(),
+            dst: "h:1".into(),
+        });
+        let replies = ask_all(&links, Request::Routes(RouteChange::Upsert(vec![route])));
+        assert!(replies.iter().all(|r| matches!(r, Some(Reply::Applied))));
+        ask_all(&links, Request::Routes(RouteChange::Clear));
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Workers that are gone give no answer, and asking does not hang.
+        let replies = ask_all(&links, Request::Metrics);
+        assert!(replies.iter().all(Option::is_none));
+    }
+}

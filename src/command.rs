@@ -1,0 +1,279 @@
+//! The controller's commands (SPEC section 5, and the opt numbers this server adds):
+//! parsing a request body and validating it whole, so that a command either applies
+//! entirely or not at all. Pure: no state, no IO.
+//!
+//! | opt | command | args_bunch |
+//! |---|---|---|
+//! | 1 | add | required, each `path` and `dst` |
+//! | 2 | del | required, each `path` |
+//! | 3 | reset | ignored |
+//! | 4 | sync: the whole desired user set (may be empty) | required, each `path` and `dst` |
+//! | 5 | stats: per-user counters; `"reset": true` restarts them | optional, each `path` |
+//! | 6 | kick: close the open tunnels of these users | required, each `path` |
+//! | 9 | ping | ignored |
+
+use serde::Deserialize;
+
+/// What the panel sends. Every field optional so that a missing field is a command error
+/// (res 2, HTTP 200), while a field of the wrong JSON type is a request error (400).
+#[derive(Debug, Deserialize)]
+struct CommandBody {
+    opt: Option<i64>,
+    args_bunch: Option<Vec<UserArg>>,
+    /// For stats: reset what was returned.
+    reset: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UserArg {
+    path: Option<String>,
+    dst: Option<String>,
+}
+
+/// A command that passed validation, ready to apply as one batch.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Add(Vec<(String, String)>),
+    Del(Vec<String>),
+    Reset,
+    Ping,
+    /// Make the user set exactly this.
+    Sync(Vec<(String, String)>),
+    /// Report counters of these users (all when `None`), resetting them if asked.
+    Stats {
+        paths: Option<Vec<String>>,
+        reset: bool,
+    },
+    /// Close the open tunnels of these users.
+    Kick(Vec<String>),
+}
+
+/// Why a request produced no command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommandError {
+    /// The body is not one JSON object of the right shape: HTTP 400.
+    BadRequest(String),
+    /// The JSON is fine but the command is not: HTTP 200, res 2.
+    Invalid(String),
+}
+
+/// Parses and validates a request body into a command, all or nothing.
+pub fn parse_command(body: &[u8]) -> Result<Command, CommandError> {
+    // serde would read a JSON array into a struct field by field: insist on an object.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(CommandError::BadRequest(
+            "body is not a JSON object".to_string(),
+        ));
+    }
+    let parsed: CommandBody = serde_json::from_slice(body)
+        .map_err(|e| CommandError::BadRequest(format!("bad json: {e}")))?;
+    let invalid = |s: String| Err(CommandError::Invalid(s));
+    match parsed.opt {
+        Some(1) => match parsed.args_bunch {
+            Some(args) if !args.is_empty() => Ok(Command::Add(users("add", args)?)),
+            _ => invalid("add: args_bunch is missing or empty".into()),
+        },
+        Some(2) => match parsed.args_bunch {
+            Some(args) if !args.is_empty() => Ok(Command::Del(paths(args)?)),
+            _ => invalid("del: args_bunch is missing or empty".into()),
+        },
+        Some(3) => Ok(Command::Reset),
+        Some(4) => match parsed.args_bunch {
+            // An empty set is a valid sync: the panel has no users.
+            Some(args) => Ok(Command::Sync(users("sync", args)?)),
+            None => invalid("sync: args_bunch is missing".into()),
+        },
+        Some(5) => Ok(Command::Stats {
+            paths: parsed.args_bunch.map(paths).transpose()?,
+            reset: parsed.reset.unwrap_or(false),
+        }),
+        Some(6) => match parsed.args_bunch {
+            Some(args) if !args.is_empty() => Ok(Command::Kick(paths(args)?)),
+            _ => invalid("kick: args_bunch is missing or empty".into()),
+        },
+        Some(9) => Ok(Command::Ping),
+        _ => invalid("invalid opt".into()),
+    }
+}
+
+/// Each entry's `path` and `dst`, validated.
+fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<(String, String)>, CommandError> {
+    let mut users = Vec::with_capacity(args.len());
+    for (i, arg) in args.into_iter().enumerate() {
+        let path = check_path(i, arg.path).map_err(CommandError::Invalid)?;
+        let Some(dst) = arg.dst else {
+            return Err(CommandError::Invalid(format!(
+                "{what}: args_bunch[{i}] ({path}): dst is missing"
+            )));
+        };
+        if !valid_dst(&dst) {
+            return Err(CommandError::Invalid(format!(
+                "{what}: args_bunch[{i}] ({path}): dst {dst:?} is not HOST:PORT"
+            )));
+        }
+        users.push((path, dst));
+    }
+    Ok(users)
+}
+
+/// Each entry's `path`, validated.
+fn paths(args: Vec<UserArg>) -> Result<Vec<String>, CommandError> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| check_path(i, arg.path))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CommandError::Invalid)
+}
+
+fn check_path(i: usize, path: Option<String>) -> Result<String, String> {
+    match path {
+        None => Err(format!("args_bunch[{i}]: path is missing")),
+        Some(p) if !p.starts_with('/') => {
+            Err(format!("args_bunch[{i}]: path {p:?} does not start with /"))
+        }
+        Some(p) => Ok(p),
+    }
+}
+
+/// `HOST:PORT` with a non-zero numeric port and a host that is a name, an IPv4 address or
+/// a bracketed IPv6 address.
+pub fn valid_dst(dst: &str) -> bool {
+    let Some((host, port)) = dst.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && matches!(port.parse::<u16>(), Ok(p) if p != 0);
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    };
+    port_ok && host_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> CommandError {
+        parse_command(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn parses_each_command() {
+        assert_eq!(
+            parse_command(br#"{"opt":1,"args_bunch":[{"path":"/a","dst":"127.0.0.1:1"},{"path":"/b","dst":"h.example:2"}]}"#),
+            Ok(Command::Add(vec![
+                ("/a".into(), "127.0.0.1:1".into()),
+                ("/b".into(), "h.example:2".into())
+            ]))
+        );
+        assert_eq!(
+            parse_command(br#"{"opt":2,"args_bunch":[{"path":"/a"}]}"#),
+            Ok(Command::Del(vec!["/a".into()]))
+        );
+        assert_eq!(parse_command(br#" {"opt":3} "#), Ok(Command::Reset));
+        assert_eq!(
+            parse_command(br#"{"opt":9,"args_bunch":null}"#),
+            Ok(Command::Ping)
+        );
+    }
+
+    #[test]
+    fn parses_the_added_commands() {
+        assert_eq!(
+            parse_command(br#"{"opt":4,"args_bunch":[]}"#),
+            Ok(Command::Sync(vec![]))
+        );
+        assert_eq!(
+            parse_command(br#"{"opt":5,"reset":true}"#),
+            Ok(Command::Stats {
+                paths: None,
+                reset: true
+            })
+        );
+        assert_eq!(
+            parse_command(br#"{"opt":5,"args_bunch":[{"path":"/a"}]}"#),
+            Ok(Command::Stats {
+                paths: Some(vec!["/a".into()]),
+                reset: false
+            })
+        );
+        assert_eq!(
+            parse_command(br#"{"opt":6,"args_bunch":[{"path":"/a"}]}"#),
+            Ok(Command::Kick(vec!["/a".into()]))
+        );
+        assert!(matches!(
+            parse_command(br#"{"opt":6,"args_bunch":[]}"#),
+            Err(CommandError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_command(br#"{"opt":4,"args_bunch":[{"path":"/a","dst":"x"}]}"#),
+            Err(CommandError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_command(br#"{"opt":5,"reset":"yes"}"#),
+            Err(CommandError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn command_errors_are_invalid_not_bad_request() {
+        for body in [
+            "{}",
+            r#"{"opt":4}"#,
+            r#"{"opt":1}"#,
+            r#"{"opt":1,"args_bunch":[]}"#,
+            r#"{"opt":1,"args_bunch":[{"dst":"h:1"}]}"#,
+            r#"{"opt":1,"args_bunch":[{"path":"/a"}]}"#,
+            r#"{"opt":1,"args_bunch":[{"path":"a","dst":"h:1"}]}"#,
+            r#"{"opt":1,"args_bunch":[{"path":"/a","dst":"h"}]}"#,
+            r#"{"opt":2}"#,
+            r#"{"opt":2,"args_bunch":[{}]}"#,
+        ] {
+            assert!(matches!(err(body), CommandError::Invalid(_)), "{body}");
+        }
+        assert_eq!(err("{}"), CommandError::Invalid("invalid opt".into()));
+    }
+
+    #[test]
+    fn shape_errors_are_bad_request() {
+        for body in [
+            "",
+            "null",
+            "[1]",
+            "{",
+            r#"{"opt":"1"}"#,
+            r#"{"opt":1.5}"#,
+            r#"{"opt":1} x"#,
+            r#"{"opt":1,"args_bunch":{}}"#,
+            r#"{"opt":1,"args_bunch":[{"path":5,"dst":"h:1"}]}"#,
+            r#"{"opt":99999999999999999999999}"#,
+            r#"{"opt":1,"opt":2}"#,
+        ] {
+            assert!(matches!(err(body), CommandError::BadRequest(_)), "{body}");
+        }
+    }
+
+    #[test]
+    fn dst_forms() {
+        for ok in ["127.0.0.1:80", "[::1]:443", "example.com:65535", "a_b-c:1"] {
+            assert!(valid_dst(ok), "{ok}");
+        }
+        for bad in [
+            "", "h", ":80", "h:", "h:0", "h:65536", "h:http", "::1:80", "[::1]", "[x]:1", "h h:1",
+            "h:+80",
+        ] {
+            assert!(!valid_dst(bad), "{bad}");
+        }
+    }
+}

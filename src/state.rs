@@ -1,0 +1,296 @@
+//! Durable users (`-state FILE`): a log of applied changes, one JSON record per line,
+//! each written and flushed to disk (fdatasync) before the controller replies, and
+//! replayed before the listeners open. When the log has grown to several times the size
+//! of the table it describes, it is rewritten as a single snapshot record (temporary file,
+//! fsync, rename, fsync of the directory), so its size stays proportional to the users.
+//!
+//! A crash can leave the last record torn (written in part, never acknowledged): that tail
+//! is dropped with a warning. Anything else that does not parse stops the start with the
+//! file and line named; a state file is never silently replaced by an empty table.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::valid_dst;
+use crate::routes::{RouteChange, RouteTable};
+
+/// Rewrite the log once it is this many times larger than a snapshot would be...
+const COMPACT_RATIO: u64 = 4;
+/// ...and at least this large.
+const COMPACT_MIN: u64 = 1 << 20;
+
+/// One line of the log: applied in the order clear, upsert, remove.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    clear: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    upsert: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    remove: Vec<String>,
+}
+
+impl Record {
+    fn of(change: &RouteChange) -> Record {
+        let pairs = |routes: &[std::sync::Arc<crate::routes::Route>]| {
+            routes
+                .iter()
+                .map(|r| (r.path.to_string(), r.dst.to_string()))
+                .collect()
+        };
+        match change {
+            RouteChange::Upsert(routes) => Record {
+                upsert: pairs(routes),
+                ..Record::default()
+            },
+            RouteChange::Remove(paths) => Record {
+                remove: paths.iter().map(|p| p.to_string()).collect(),
+                ..Record::default()
+            },
+            RouteChange::Clear => Record {
+                clear: true,
+                ..Record::default()
+            },
+            RouteChange::Sync { upsert, remove } => Record {
+                upsert: pairs(upsert),
+                remove: remove.iter().map(|p| p.to_string()).collect(),
+                ..Record::default()
+            },
+        }
+    }
+
+    fn line(&self) -> Vec<u8> {
+        // Plain strings and booleans always serialize.
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+}
+
+/// The open state file.
+pub struct StateFile {
+    path: PathBuf,
+    /// Opened for appending.
+    file: File,
+    /// Bytes in the log now.
+    log_bytes: u64,
+}
+
+impl StateFile {
+    /// Opens (or creates) the state file and returns it with the users it holds. Errors
+    /// name the file and, for a bad record, the line.
+    pub fn open(path: &Path) -> Result<(StateFile, Vec<(String, String)>), String> {
+        let name = path.display();
+        let mut contents = Vec::new();
+        match File::open(path) {
+            Ok(mut file) => {
+                file.read_to_end(&mut contents)
+                    .map_err(|e| format!("state file {name}: {e}"))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("state file {name}: {e}")),
+        }
+        let complete = contents
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        if complete < contents.len() {
+            log::warn!(
+                "state file {name}: dropping a torn last record of {} bytes (a change that was never acknowledged)",
+                contents.len() - complete
+            );
+        }
+        let mut users: HashMap<String, String> = HashMap::new();
+        for (number, line) in contents[..complete].split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let record: Record = serde_json::from_slice(line)
+                .map_err(|e| format!("state file {name}: line {}: {e}", number + 1))?;
+            if record.clear {
+                users.clear();
+            }
+            for (path, dst) in record.upsert {
+                if !path.starts_with('/') || !valid_dst(&dst) {
+                    return Err(format!(
+                        "state file {name}: line {}: bad user {path:?} -> {dst:?}",
+                        number + 1
+                    ));
+                }
+                users.insert(path, dst);
+            }
+            for path in record.remove {
+                users.remove(&path);
+            }
+        }
+        let users: Vec<(String, String)> = users.into_iter().collect();
+        // Start from a compact file: one snapshot record.
+        let file = write_snapshot(path, &users).map_err(|e| format!("state file {name}: {e}"))?;
+        let log_bytes = file
+            .metadata()
+            .map_err(|e| format!("state file {name}: {e}"))?
+            .len();
+        Ok((
+            StateFile {
+                path: path.to_path_buf(),
+                file,
+                log_bytes,
+            },
+            users,
+        ))
+    }
+
+    /// Makes `change` durable. Nothing may be applied or acknowledged until this returns Ok.
+    pub fn append(&mut self, change: &RouteChange) -> io::Result<()> {
+        let line = Record::of(change).line();
+        self.file.write_all(&line)?;
+        self.file.sync_data()?;
+        self.log_bytes += line.len() as u64;
+        Ok(())
+    }
+
+    /// Rewrites the log as one snapshot of `table` once it has grown well past one.
+    pub fn compact_if_large(&mut self, table: &RouteTable) -> io::Result<()> {
+        let estimate: u64 = table
+            .iter()
+            .map(|r| r.path.len() as u64 + r.dst.len() as u64 + 8)
+            .sum::<u64>()
+            + 16;
+        if self.log_bytes < COMPACT_MIN.max(estimate * COMPACT_RATIO) {
+            return Ok(());
+        }
+        let users: Vec<(String, String)> = table
+            .iter()
+            .map(|r| (r.path.to_string(), r.dst.to_string()))
+            .collect();
+        self.file = write_snapshot(&self.path, &users)?;
+        self.log_bytes = self.file.metadata()?.len();
+        Ok(())
+    }
+}
+
+/// Replaces the file at `path` with a single snapshot record, durably, and returns it
+/// opened for appending.
+fn write_snapshot(path: &Path, users: &[(String, String)]) -> io::Result<File> {
+    let record = Record {
+        clear: true,
+        upsert: users.to_vec(),
+        remove: Vec::new(),
+    };
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&record.line())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()?;
+    OpenOptions::new().append(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::Route;
+    use std::sync::Arc;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mtt-state-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("users.state")
+    }
+
+    fn route(p: &str, d: &str) -> Arc<Route> {
+        Arc::new(Route {
+            path: p.into(),
+            dst: d.into(),
+        })
+    }
+
+    fn sorted(mut users: Vec<(String, String)>) -> Vec<(String, String)> {
+        users.sort();
+        users
+    }
+
+    #[test]
+    fn changes_survive_a_reopen() {
+        let path = temp("reopen");
+        let (mut state, users) = StateFile::open(&path).unwrap();
+        assert!(users.is_empty());
+        state
+            .append(&RouteChange::Upsert(vec![
+                route("/a", "h:1"),
+                route("/b", "h:2"),
+            ]))
+            .unwrap();
+        state
+            .append(&RouteChange::Remove(vec!["/a".into()]))
+            .unwrap();
+        state
+            .append(&RouteChange::Sync {
+                upsert: vec![route("/c", "h:3")],
+                remove: vec![],
+            })
+            .unwrap();
+        drop(state);
+        let (_, users) = StateFile::open(&path).unwrap();
+        assert_eq!(
+            sorted(users),
+            vec![("/b".into(), "h:2".into()), ("/c".into(), "h:3".into())]
+        );
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped_but_corruption_stops_the_start() {
+        let path = temp("torn");
+        std::fs::write(
+            &path,
+            b"{\"upsert\":[[\"/a\",\"h:1\"]]}\n{\"upsert\":[[\"/b\",\"h",
+        )
+        .unwrap();
+        let (_, users) = StateFile::open(&path).unwrap();
+        assert_eq!(users, vec![("/a".to_string(), "h:1".to_string())]);
+        std::fs::write(&path, b"{\"upsert\":[[\"/a\",\"h:1\"]]}\ngarbage\n").unwrap();
+        let err = StateFile::open(&path).err().unwrap();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        std::fs::write(&path, b"{\"upsert\":[[\"nope\",\"h:1\"]]}\n").unwrap();
+        assert!(StateFile::open(&path).is_err());
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_the_table() {
+        let path = temp("compact");
+        let (mut state, _) = StateFile::open(&path).unwrap();
+        let mut table = RouteTable::new();
+        for round in 0..200 {
+            let change = RouteChange::Upsert(
+                (0..100)
+                    .map(|i| route(&format!("/u{i}"), &format!("host-{round}:{}", i + 1)))
+                    .collect(),
+            );
+            state.append(&change).unwrap();
+            table.apply(&change);
+            state.compact_if_large(&table).unwrap();
+        }
+        assert!(state.log_bytes < 8 * COMPACT_MIN);
+        drop(state);
+        let (_, users) = StateFile::open(&path).unwrap();
+        assert_eq!(users.len(), 100);
+        assert!(users.contains(&("/u7".to_string(), "host-199:8".to_string())));
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}

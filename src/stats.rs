@@ -1,0 +1,372 @@
+//! Counters: per user (bytes each way, connections opened and open) and per worker (the
+//! totals `/metrics` reports), kept in plain `Cell`s on the worker that owns the
+//! connection, so the data path never writes memory another core reads. The controller
+//! gathers them by asking every worker (see [`crate::broadcast`]); a worker reads and
+//! resets its counters in one step, so a panel that collects with reset never counts a
+//! byte twice or loses one.
+//!
+//! Kicking lives here too: every open connection of a user holds a [`Ticket`] in that
+//! user's entry, and a kick wakes them all. This module knows nothing of sockets.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+/// What kind of connection a [`Ticket`] stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Plain,
+    MuxSession,
+}
+
+/// One user's counters on one worker.
+#[derive(Default)]
+pub struct UserStats {
+    /// Bytes from the client to `dst` (payload, not framing).
+    bytes_up: Cell<u64>,
+    /// Bytes from `dst` to the client.
+    bytes_down: Cell<u64>,
+    /// Connections (plain tunnels and mux sessions) opened since the last reset.
+    opened: Cell<u64>,
+    /// The user's open connections, by ticket id, to kick them.
+    open: RefCell<HashMap<u64, Rc<KickFlag>>>,
+}
+
+/// Set when the connection holding it must close.
+#[derive(Default)]
+pub struct KickFlag {
+    kicked: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// One user's totals, as a worker reports them (plain data: it crosses threads).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserTotals {
+    pub path: String,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub tunnels_opened: u64,
+    pub tunnels_open: u64,
+}
+
+/// The worker-wide counters behind `/metrics`.
+#[derive(Default)]
+pub struct WorkerMetrics {
+    pub plain_open: Cell<u64>,
+    pub plain_total: Cell<u64>,
+    pub mux_sessions_open: Cell<u64>,
+    pub mux_sessions_total: Cell<u64>,
+    pub mux_streams_open: Cell<u64>,
+    pub mux_streams_total: Cell<u64>,
+    pub bytes_up: Cell<u64>,
+    pub bytes_down: Cell<u64>,
+    /// Connections refused before a tunnel, by [`Refusal`].
+    pub refused: [Cell<u64>; Refusal::ALL.len()],
+    pub dial_failures: Cell<u64>,
+}
+
+/// Why a data-port connection got no tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownPath,
+    BadUpgrade,
+    BadRequest,
+    TlsError,
+    Timeout,
+    OverCapacity,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::UnknownPath,
+        Refusal::BadUpgrade,
+        Refusal::BadRequest,
+        Refusal::TlsError,
+        Refusal::Timeout,
+        Refusal::OverCapacity,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::UnknownPath => "unknown_path",
+            Refusal::BadUpgrade => "bad_upgrade",
+            Refusal::BadRequest => "bad_request",
+            Refusal::TlsError => "tls_error",
+            Refusal::Timeout => "timeout",
+            Refusal::OverCapacity => "over_capacity",
+        }
+    }
+}
+
+/// A snapshot of [`WorkerMetrics`] that can cross threads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    pub plain_open: u64,
+    pub plain_total: u64,
+    pub mux_sessions_open: u64,
+    pub mux_sessions_total: u64,
+    pub mux_streams_open: u64,
+    pub mux_streams_total: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub refused: [u64; Refusal::ALL.len()],
+    pub dial_failures: u64,
+}
+
+impl WorkerMetrics {
+    pub fn refuse(&self, why: Refusal) {
+        bump(&self.refused[why as usize], 1);
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            plain_open: self.plain_open.get(),
+            plain_total: self.plain_total.get(),
+            mux_sessions_open: self.mux_sessions_open.get(),
+            mux_sessions_total: self.mux_sessions_total.get(),
+            mux_streams_open: self.mux_streams_open.get(),
+            mux_streams_total: self.mux_streams_total.get(),
+            bytes_up: self.bytes_up.get(),
+            bytes_down: self.bytes_down.get(),
+            refused: std::array::from_fn(|i| self.refused[i].get()),
+            dial_failures: self.dial_failures.get(),
+        }
+    }
+}
+
+fn bump(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get().wrapping_add(n));
+}
+
+fn drop_one(cell: &Cell<u64>) {
+    cell.set(cell.get().saturating_sub(1));
+}
+
+/// One worker's counters, per user and in total.
+#[derive(Default)]
+pub struct StatsTable {
+    /// Users seen on this worker since their counters were last collected with reset.
+    users: RefCell<HashMap<Box<str>, Rc<UserStats>>>,
+    pub metrics: Rc<WorkerMetrics>,
+    /// Numbers tickets.
+    next_ticket: Cell<u64>,
+}
+
+impl StatsTable {
+    /// Counts a new connection of `path`; it is counted as open until the ticket drops.
+    pub fn open(&self, path: &str, kind: Kind) -> Ticket {
+        let user = {
+            let mut users = self.users.borrow_mut();
+            match users.get(path) {
+                Some(user) => Rc::clone(user),
+                None => {
+                    let user = Rc::new(UserStats::default());
+                    users.insert(path.into(), Rc::clone(&user));
+                    user
+                }
+            }
+        };
+        let id = self.next_ticket.get();
+        self.next_ticket.set(id + 1);
+        let flag = Rc::new(KickFlag::default());
+        user.open.borrow_mut().insert(id, Rc::clone(&flag));
+        bump(&user.opened, 1);
+        match kind {
+            Kind::Plain => {
+                bump(&self.metrics.plain_open, 1);
+                bump(&self.metrics.plain_total, 1);
+            }
+            Kind::MuxSession => {
+                bump(&self.metrics.mux_sessions_open, 1);
+                bump(&self.metrics.mux_sessions_total, 1);
+            }
+        }
+        Ticket {
+            user,
+            metrics: Rc::clone(&self.metrics),
+            id,
+            kind,
+            flag,
+        }
+    }
+
+    /// The totals of the given users (all when `None`); with `reset`, their byte and
+    /// opened counters restart from zero in the same step. Users with nothing to report
+    /// are left out and forgotten.
+    pub fn collect(&self, paths: Option<&[Box<str>]>, reset: bool) -> Vec<UserTotals> {
+        let mut users = self.users.borrow_mut();
+        let mut out = Vec::new();
+        let mut report = |path: &str, user: &UserStats| {
+            let totals = UserTotals {
+                path: path.to_string(),
+                bytes_up: user.bytes_up.get(),
+                bytes_down: user.bytes_down.get(),
+                tunnels_opened: user.opened.get(),
+                tunnels_open: user.open.borrow().len() as u64,
+            };
+            if reset {
+                user.bytes_up.set(0);
+                user.bytes_down.set(0);
+                user.opened.set(0);
+            }
+            if totals
+                != (UserTotals {
+                    path: totals.path.clone(),
+                    ..Default::default()
+                })
+            {
+                out.push(totals);
+            }
+        };
+        match paths {
+            Some(paths) => {
+                for path in paths {
+                    if let Some(user) = users.get(&**path) {
+                        report(path, user);
+                    }
+                }
+            }
+            None => {
+                for (path, user) in users.iter() {
+                    report(path, user);
+                }
+            }
+        }
+        users.retain(|_, user| {
+            !(user.open.borrow().is_empty()
+                && user.bytes_up.get() == 0
+                && user.bytes_down.get() == 0
+                && user.opened.get() == 0)
+        });
+        out
+    }
+
+    /// Tells every open connection of these users to close; returns how many there were.
+    pub fn kick(&self, paths: &[Box<str>]) -> usize {
+        let users = self.users.borrow();
+        let mut kicked = 0;
+        for path in paths {
+            if let Some(user) = users.get(&**path) {
+                for flag in user.open.borrow().values() {
+                    flag.kicked.set(true);
+                    if let Some(waker) = flag.waker.borrow_mut().take() {
+                        waker.wake();
+                    }
+                    kicked += 1;
+                }
+            }
+        }
+        kicked
+    }
+}
+
+/// One open connection's place in the counters: bytes are added through it, and dropping
+/// it counts the connection as closed.
+pub struct Ticket {
+    user: Rc<UserStats>,
+    metrics: Rc<WorkerMetrics>,
+    id: u64,
+    kind: Kind,
+    flag: Rc<KickFlag>,
+}
+
+impl Ticket {
+    /// `n` payload bytes went from the client to `dst`.
+    pub fn up(&self, n: usize) {
+        bump(&self.user.bytes_up, n as u64);
+        bump(&self.metrics.bytes_up, n as u64);
+    }
+
+    /// `n` payload bytes went from `dst` to the client.
+    pub fn down(&self, n: usize) {
+        bump(&self.user.bytes_down, n as u64);
+        bump(&self.metrics.bytes_down, n as u64);
+    }
+
+    /// A mux stream opened; it counts until the returned guard drops.
+    pub fn stream(&self) -> StreamGuard {
+        bump(&self.metrics.mux_streams_open, 1);
+        bump(&self.metrics.mux_streams_total, 1);
+        StreamGuard(Rc::clone(&self.metrics))
+    }
+
+    /// Completes when the connection is kicked.
+    pub async fn kicked(&self) {
+        poll_fn(|cx| {
+            if self.flag.kicked.get() {
+                Poll::Ready(())
+            } else {
+                *self.flag.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.user.open.borrow_mut().remove(&self.id);
+        match self.kind {
+            Kind::Plain => drop_one(&self.metrics.plain_open),
+            Kind::MuxSession => drop_one(&self.metrics.mux_sessions_open),
+        }
+    }
+}
+
+/// Counts one open mux stream.
+pub struct StreamGuard(Rc<WorkerMetrics>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        drop_one(&self.0.mux_streams_open);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collect_with_reset_hands_out_each_byte_once() {
+        let table = StatsTable::default();
+        let ticket = table.open("/a", Kind::Plain);
+        ticket.up(10);
+        ticket.down(7);
+        let first = table.collect(None, true);
+        assert_eq!(
+            first,
+            vec![UserTotals {
+                path: "/a".into(),
+                bytes_up: 10,
+                bytes_down: 7,
+                tunnels_opened: 1,
+                tunnels_open: 1
+            }]
+        );
+        ticket.up(5);
+        let second = table.collect(Some(&["/a".into(), "/b".into()]), false);
+        assert_eq!(second[0].bytes_up, 5);
+        assert_eq!(second[0].tunnels_opened, 0);
+        assert_eq!(table.metrics.snapshot().bytes_up, 15);
+        drop(ticket);
+        assert_eq!(table.metrics.snapshot().plain_open, 0);
+        assert_eq!(table.collect(None, true)[0].tunnels_open, 0);
+        // Nothing left to report: the entry is forgotten.
+        assert!(table.collect(None, true).is_empty());
+        assert!(table.users.borrow().is_empty());
+    }
+
+    #[test]
+    fn kick_reaches_every_open_connection_of_the_user() {
+        let table = StatsTable::default();
+        let a1 = table.open("/a", Kind::Plain);
+        let a2 = table.open("/a", Kind::MuxSession);
+        let b = table.open("/b", Kind::Plain);
+        assert_eq!(table.kick(&["/a".into(), "/zzz".into()]), 2);
+        assert!(a1.flag.kicked.get() && a2.flag.kicked.get());
+        assert!(!b.flag.kicked.get());
+    }
+}
