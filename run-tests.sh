@@ -9,13 +9,18 @@ need=()
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/xtaci/smux ] || need+=(golang-github-xtaci-smux-dev)
 [ -d /usr/share/gocode/src/github.com/gorilla/websocket ] || need+=(golang-github-gorilla-websocket-dev)
+# Real peers for the edge tests: nginx (fallback site, TLS front), HAProxy (PROXY
+# protocol, and the benchmarks' reference relay), curl (probes).
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if ((${#need[@]})); then
     if [ "$(id -u)" = 0 ]; then
         echo "installing: ${need[*]}"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     else
-        echo "warning: missing ${need[*]}; run as root to install them (Go interop tests need them)" >&2
+        echo "warning: missing ${need[*]}; run as root to install them (interop tests need them)" >&2
     fi
 fi
 

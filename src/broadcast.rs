@@ -27,6 +27,8 @@ pub enum Request {
     Kick(Vec<Box<str>>),
     /// Report the worker's totals for `/metrics`.
     Metrics,
+    /// Use this TLS configuration for new handshakes (a reloaded certificate).
+    Tls(Arc<rustls::ServerConfig>),
 }
 
 /// A worker's answer to a [`Request`].
@@ -46,7 +48,9 @@ pub struct Envelope {
     pub reply: Sender<(usize, Reply)>,
 }
 
-/// The controller's end of one worker's request channel.
+/// The controller's end of one worker's request channel (the main thread holds a copy,
+/// for certificate reloads).
+#[derive(Clone)]
 pub struct WorkerLink {
     pub requests: Sender<Envelope>,
     pub doorbell: Arc<Doorbell>,

@@ -28,7 +28,8 @@ pub const MAX_WORKERS: usize = 1024;
 /// The validated command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// -b / --bind: data listener, as given (`HOST:PORT`, `:443`, `[::1]:443`, `localhost:443`)
+    /// -b / --bind: data listener, as given (`HOST:PORT`, `:443`, `[::1]:443`, `localhost:443`);
+    /// empty only when `-bind-unix` is given instead.
     pub bind: String,
     /// -c / --controller: controller listener, as given (same syntax as `bind`)
     pub controller: String,
@@ -54,6 +55,18 @@ pub struct Config {
     pub state: Option<std::path::PathBuf>,
     /// -metrics-per-user: per-user series on `/metrics`.
     pub metrics_per_user: bool,
+    /// -fallback HOST:PORT: connections that are not a valid upgrade to a known path are
+    /// handed to this web server, with the bytes already read.
+    pub fallback: Option<String>,
+    /// -cert-check: how often the cert and key files are checked for changes (default
+    /// 10 s; 0 turns polling off, SIGHUP still reloads).
+    pub cert_check: Duration,
+    /// -proxy-protocol: every data connection starts with a PROXY v1 or v2 header.
+    pub proxy_protocol: bool,
+    /// -bind-unix PATH: a data listener on a unix socket (`@name`: abstract namespace).
+    pub bind_unix: Option<String>,
+    /// -fast-open: TCP Fast Open on the data listener.
+    pub fast_open: bool,
     /// -workers N (default: the number of CPUs this process may run on:
     /// std::thread::available_parallelism, at least 1); 1..=1024
     pub workers: usize,
@@ -171,6 +184,21 @@ struct RawArgs {
     /// per-user series on /metrics
     #[argh(switch)]
     metrics_per_user: bool,
+    /// web server for everything that is not a tunnel
+    #[argh(option)]
+    fallback: Option<String>,
+    /// how often to check the cert/key files for changes
+    #[argh(option)]
+    cert_check: Option<String>,
+    /// require a PROXY protocol header on data connections
+    #[argh(switch)]
+    proxy_protocol: bool,
+    /// data listener on a unix socket
+    #[argh(option)]
+    bind_unix: Option<String>,
+    /// TCP Fast Open on the data listener
+    #[argh(switch)]
+    fast_open: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -227,7 +255,10 @@ const MAX_CONNS: usize = 10;
 const HEAD_TIMEOUT: usize = 11;
 const GRACE: usize = 12;
 
-const FLAGS: [FlagSpec; 17] = [
+const FALLBACK: usize = 17;
+const CERT_CHECK: usize = 18;
+
+const FLAGS: [FlagSpec; 22] = [
     FlagSpec::value(&["b", "bind"], "--bind", None),
     FlagSpec::value(&["c", "controller"], "--controller", None),
     FlagSpec::switch(&["mux"], "--mux"),
@@ -245,6 +276,11 @@ const FLAGS: [FlagSpec; 17] = [
     FlagSpec::value(&["secret-file"], "--secret-file", None),
     FlagSpec::value(&["state"], "--state", None),
     FlagSpec::switch(&["metrics-per-user"], "--metrics-per-user"),
+    FlagSpec::value(&["fallback"], "--fallback", None),
+    FlagSpec::value(&["cert-check"], "--cert-check", Some(check_duration)),
+    FlagSpec::switch(&["proxy-protocol"], "--proxy-protocol"),
+    FlagSpec::value(&["bind-unix"], "--bind-unix", None),
+    FlagSpec::switch(&["fast-open"], "--fast-open"),
 ];
 
 fn check_duration(s: &str) -> Result<(), String> {
@@ -440,6 +476,20 @@ a boolean flag is -flag alone, or -flag=true / -flag=false.
         before the controller replies)
   -metrics-per-user
         per-user series on the controller's GET /metrics
+  -fallback HOST:PORT
+        hand every connection that is not a valid upgrade to a known path, with
+        the bytes already read, to this web server (nginx, Caddy, a static site)
+  -cert-check DURATION
+        how often to check -cert/-key for changes and reload them; 0 = only on
+        SIGHUP (default 10s)
+  -proxy-protocol
+        every data connection starts with a PROXY protocol v1 or v2 header (behind
+        HAProxy or a cloud load balancer); connections without one are closed
+  -bind-unix PATH
+        also listen on this unix socket (@name: abstract namespace); with it, -b
+        may be left out
+  -fast-open
+        TCP Fast Open on the data listener
   -grace DURATION
         after SIGTERM or SIGINT, how long open tunnels may finish (default 30s);
         a second signal exits at once
@@ -508,7 +558,10 @@ fn required_addr(
 }
 
 fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String> {
-    let bind = required_addr(raw.bind, settings, BIND, "data listener")?;
+    let bind = match (&raw.bind, &raw.bind_unix) {
+        (None, Some(unix)) if !unix.is_empty() => String::new(),
+        _ => required_addr(raw.bind.clone(), settings, BIND, "data listener")?,
+    };
     let controller = required_addr(raw.controller, settings, CONTROLLER, "controller listener")?;
 
     let timeout = match raw.timeout {
@@ -570,6 +623,39 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         }
     };
 
+    let fallback = match raw.fallback.filter(|s| !s.is_empty()) {
+        None => None,
+        Some(f) => {
+            let flag = spelled(settings, FALLBACK);
+            split_host_port(&f)
+                .and_then(|(host, port)| {
+                    if host.is_empty() {
+                        return Err("missing host".to_string());
+                    }
+                    parse_port(port)
+                })
+                .map_err(|e| format!("invalid value {f:?} for flag {flag}: {e}"))?;
+            Some(f)
+        }
+    };
+    let cert_check = match raw.cert_check {
+        None => Duration::from_secs(10),
+        Some(s) => {
+            let (negative, d) = parse_signed_duration(&s).map_err(|e| {
+                format!(
+                    "invalid value {s:?} for flag {}: {e}",
+                    spelled(settings, CERT_CHECK)
+                )
+            })?;
+            if negative {
+                Duration::ZERO
+            } else {
+                d
+            }
+        }
+    };
+    let bind_unix = raw.bind_unix.filter(|s| !s.is_empty());
+
     let secret = match (raw.secret, raw.secret_file) {
         (Some(_), Some(_)) => {
             return Err("flags -secret and -secret-file cannot be given together".into())
@@ -618,6 +704,11 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         secret,
         state: raw.state.filter(|s| !s.is_empty()).map(Into::into),
         metrics_per_user: raw.metrics_per_user,
+        fallback,
+        cert_check,
+        proxy_protocol: raw.proxy_protocol,
+        bind_unix,
+        fast_open: raw.fast_open,
     })
 }
 

@@ -5,17 +5,18 @@
 //! Strangers get what an nginx would give them (a 404 page); only a known path with a valid
 //! upgrade reaches [`crate::tunnel`] or [`crate::mux`]. Nothing here reads frames.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
-use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use crate::fallback;
 use crate::http::{self, HeadError, RequestHead};
+use crate::proxy_protocol;
 use crate::routes::Route;
 use crate::stats::{Kind, Refusal};
+use crate::stream::{self, Peer, Transport};
 use crate::tunnel;
 use crate::worker::Worker;
 
@@ -69,10 +70,23 @@ pub fn check_upgrade(head: &RequestHead) -> Result<(), (u16, &'static str)> {
 }
 
 /// Serves one accepted connection until it is done.
-pub async fn handle(stream: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
+pub async fn handle(mut transport: Transport, peer: Peer, worker: Rc<Worker>) {
     let deadline = Instant::now() + worker.settings.head_timeout;
-    let _ = stream.set_nodelay(true);
-    match &worker.tls {
+    let (peer, early) = if worker.settings.proxy_protocol {
+        match proxy_protocol::read_header(&mut transport, deadline).await {
+            Ok((source, early)) => (source.map_or(peer, Peer::Ip), early),
+            Err(e) => {
+                worker.stats.metrics.refuse(Refusal::BadRequest);
+                log::debug!("client {peer}: no valid PROXY header: {e:?}");
+                return;
+            }
+        }
+    } else {
+        (peer, Vec::new())
+    };
+    let stream = stream::data_stream(transport, early);
+    let tls = worker.tls.borrow().clone();
+    match tls {
         Some(acceptor) => match monoio::time::timeout_at(deadline, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => serve(tls, peer, &worker, deadline).await,
             Ok(Err(e)) => {
@@ -88,7 +102,38 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
     }
 }
 
-async fn serve<S>(mut stream: S, peer: SocketAddr, worker: &Worker, mut deadline: Instant)
+/// Hands the connection to the fallback site, if there is one and it answers; `Err` gives
+/// the stream back to answer ourselves.
+async fn try_fallback<S>(
+    stream: S,
+    peer: Peer,
+    worker: &Worker,
+    already_read: Vec<u8>,
+) -> Result<(), S>
+where
+    S: AsyncReadRent + AsyncWriteRent + Splitable,
+    S::OwnedRead: AsyncReadRent,
+    S::OwnedWrite: AsyncWriteRent,
+{
+    let Some(site) = &worker.settings.fallback else {
+        return Err(stream);
+    };
+    match fallback::connect(site).await {
+        Ok(conn) => {
+            log::debug!("client {peer}: handed to the fallback site {site}");
+            fallback::relay(stream, conn, already_read, worker.settings.idle_timeout).await;
+            Ok(())
+        }
+        Err(e) => {
+            log::error!(
+                "fallback site {site}: dial failed: {e} (client {peer}); answering 404 instead"
+            );
+            Err(stream)
+        }
+    }
+}
+
+async fn serve<S>(mut stream: S, peer: Peer, worker: &Worker, mut deadline: Instant)
 where
     S: AsyncReadRent + AsyncWriteRent + Splitable,
     S::OwnedRead: AsyncReadRent,
@@ -109,6 +154,9 @@ where
             Err(e) => {
                 worker.stats.metrics.refuse(Refusal::BadRequest);
                 log::debug!("client {peer}: bad request head: {e:?}");
+                let Err(mut stream) = try_fallback(stream, peer, worker, buf).await else {
+                    return;
+                };
                 let status = if e == HeadError::TooLarge { 431 } else { 400 };
                 let _ = stream
                     .write_all(http::error_page(status, "", false, true))
@@ -137,12 +185,27 @@ where
             }),
         };
         if let Some((status, extra)) = refusal {
+            if worker.settings.fallback.is_some() {
+                // The whole connection goes to the site, this request first.
+                match try_fallback(stream, peer, worker, buf).await {
+                    Ok(()) => return,
+                    Err(back) => {
+                        stream = back;
+                        buf = Vec::new();
+                    }
+                }
+            }
             let page = http::error_page(status, extra, keep_alive, with_body);
             let (result, _) = stream.write_all(page).await;
             if result.is_err() || !keep_alive {
                 return;
             }
-            buf.drain(..head_len);
+            if buf.len() >= head_len {
+                buf.drain(..head_len);
+            } else {
+                // The head went to a fallback site that could not be reached.
+                return;
+            }
             deadline = Instant::now() + worker.settings.head_timeout;
             continue;
         }
@@ -157,7 +220,7 @@ where
 /// Answers a valid upgrade and runs the tunnel it asked for.
 async fn upgrade<S>(
     mut stream: S,
-    peer: SocketAddr,
+    peer: Peer,
     worker: &Worker,
     head: RequestHead,
     route: Arc<Route>,

@@ -16,10 +16,13 @@
 //! - [`server`]: start-up; binds every listener, starts workers and the controller.
 //! - [`worker`]: one thread per core: runtime, SO_REUSEPORT listener, accept loop, panic
 //!   containment.
-//! - [`tls`]: the rustls configuration (files or self-signed), ALPN, resumption.
+//! - [`stream`]: the data port's transport (TCP or unix socket) behind one type.
+//! - [`proxy_protocol`]: PROXY v1/v2 headers in front of data connections.
+//! - [`tls`]: the rustls configuration (files or self-signed), ALPN, resumption, reload.
 //! - [`connection`]: one data-port connection from TLS handshake to tunnel: heads,
 //!   routing, upgrade checks, mode choice.
 //! - [`http`]: bounded request-head reading, route keys, canned responses.
+//! - [`fallback`]: handing non-tunnel connections to a real web server.
 //! - [`ws`]: the RFC 6455 frame codec (server side), in-place unmasking.
 //! - [`client`]: the client side of a tunnel: frame reader (in place) and the single
 //!   frame writer.
@@ -45,14 +48,17 @@ pub mod config;
 pub mod connection;
 pub mod controller;
 pub mod doorbell;
+pub mod fallback;
 pub mod http;
 pub mod metrics;
 pub mod mux;
+pub mod proxy_protocol;
 pub mod routes;
 pub mod server;
 pub mod smux;
 pub mod state;
 pub mod stats;
+pub mod stream;
 pub mod task;
 pub mod tls;
 pub mod tunnel;

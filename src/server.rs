@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::broadcast;
+use crate::broadcast::{self, Request, WorkerLink};
 use crate::config::{self, Config, Secret, TlsMode};
 use crate::controller::{Controller, Options};
 use crate::doorbell::Doorbell;
@@ -21,20 +21,36 @@ const RESOLVER_THREADS: usize = 2;
 
 /// A started server: its bound addresses and its threads.
 pub struct Running {
-    pub data_addr: SocketAddr,
+    /// The TCP data address, when there is one (not with `-bind-unix` alone).
+    pub data_addr: Option<SocketAddr>,
     pub controller_addr: SocketAddr,
     workers: Vec<JoinHandle<()>>,
     /// One per worker: rung to stop accepting and drain.
     shutdown: Vec<Arc<Doorbell>>,
     grace: Duration,
+    /// The certificate files, to reload on SIGHUP and when they change.
+    cert_files: Option<tls::CertFiles>,
+    /// How often to look at the certificate files; zero for only on SIGHUP.
+    cert_check: Duration,
+    /// Every worker, to hand a reloaded certificate to.
+    links: Vec<WorkerLink>,
 }
 
 impl Running {
-    /// Serves until SIGTERM or SIGINT, then drains: workers stop accepting, open tunnels
-    /// get the grace period to finish, and the exit status is 0. A second signal during
-    /// the drain ends it at once with status 1. Returns the exit status.
-    pub fn serve_until_signal(self) -> i32 {
-        let signal = wait_signal(None).unwrap_or(0);
+    /// Serves until SIGTERM or SIGINT, reloading the certificate on SIGHUP or when its
+    /// files change; then drains: workers stop accepting, open tunnels get the grace
+    /// period to finish, and the exit status is 0. A second signal during the drain ends
+    /// it at once with status 1. Returns the exit status.
+    pub fn serve_until_signal(mut self) -> i32 {
+        let poll =
+            (self.cert_files.is_some() && !self.cert_check.is_zero()).then_some(self.cert_check);
+        let signal = loop {
+            match wait_signal(poll) {
+                Some(libc::SIGHUP) => self.reload_certificate(true),
+                Some(signal) => break signal,
+                None => self.reload_certificate(false),
+            }
+        };
         log::warn!(
             "signal {signal}: no longer accepting; open tunnels have {:?} to finish (a second signal exits at once)",
             self.grace
@@ -58,8 +74,31 @@ impl Running {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts later, so
-/// that only [`wait_signal`] receives them.
+impl Running {
+    /// Loads the certificate files again if they changed (or always, with `force`) and
+    /// hands the new configuration to every worker. A broken pair keeps the old one.
+    fn reload_certificate(&mut self, force: bool) {
+        let Some(files) = &mut self.cert_files else {
+            if force {
+                log::warn!("SIGHUP: no certificate files to reload");
+            }
+            return;
+        };
+        match files.reload(force) {
+            None => {}
+            Some(Ok(config)) => {
+                broadcast::ask_all(&self.links, Request::Tls(config));
+                log::warn!(
+                    "certificate reloaded: new handshakes use it, open tunnels are untouched"
+                );
+            }
+            Some(Err(e)) => log::error!("certificate reload failed, keeping the old one: {e}"),
+        }
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and every thread it starts
+/// later, so that only [`wait_signal`] receives them.
 fn block_signals() {
     // SAFETY: sigset operations on a stack value we own; pthread_sigmask on this thread.
     unsafe {
@@ -67,11 +106,13 @@ fn block_signals() {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
-/// Waits for SIGINT or SIGTERM (blocked by [`block_signals`]), at most `timeout` if given.
+/// Waits for SIGINT, SIGTERM or SIGHUP (blocked by [`block_signals`]), at most `timeout`
+/// if given.
 fn wait_signal(timeout: Option<Duration>) -> Option<i32> {
     // SAFETY: as above; sigtimedwait reads the set and a timespec we own.
     unsafe {
@@ -79,6 +120,7 @@ fn wait_signal(timeout: Option<Duration>) -> Option<i32> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         loop {
             let signal = match timeout {
                 None => libc::sigwaitinfo(&set, std::ptr::null_mut()),
@@ -118,8 +160,13 @@ fn default_max_conns() -> usize {
 
 /// Starts the server. Every error names the file, address or flag involved.
 pub fn start(config: Config) -> Result<Running, String> {
+    let mut cert_files = None;
     let tls_config = match &config.tls {
-        TlsMode::Files { cert, key } => Some(tls::from_files(cert, key)?),
+        TlsMode::Files { cert, key } => {
+            let (files, tls_config) = tls::CertFiles::load(cert, key)?;
+            cert_files = Some(files);
+            Some(tls_config)
+        }
         TlsMode::SelfSigned { name } => {
             log::warn!(
                 "no -cert/-key given: listening TLS with a self-signed certificate for {name:?}; clients must skip verification"
@@ -129,14 +176,23 @@ pub fn start(config: Config) -> Result<Running, String> {
         TlsMode::Plain => None,
     };
 
-    let data_addr = config::listen_addr(&config.bind).map_err(|e| format!("-b: {e}"))?;
     let controller_addr =
         config::listen_addr(&config.controller).map_err(|e| format!("-c: {e}"))?;
-    let listeners = worker::bind_data_listeners(data_addr, config.workers)
-        .map_err(|e| format!("-b {}: {e}", config.bind))?;
-    let data_addr = listeners[0]
-        .local_addr()
-        .map_err(|e| format!("-b {}: {e}", config.bind))?;
+    let (listeners, data_addr) = if config.bind.is_empty() {
+        ((0..config.workers).map(|_| None).collect::<Vec<_>>(), None)
+    } else {
+        let addr = config::listen_addr(&config.bind).map_err(|e| format!("-b: {e}"))?;
+        let listeners = worker::bind_data_listeners(addr, config.workers, config.fast_open)
+            .map_err(|e| format!("-b {}: {e}", config.bind))?;
+        let addr = listeners[0]
+            .local_addr()
+            .map_err(|e| format!("-b {}: {e}", config.bind))?;
+        (listeners.into_iter().map(Some).collect(), Some(addr))
+    };
+    let unix_listener = match &config.bind_unix {
+        Some(path) => Some(worker::bind_unix(path).map_err(|e| format!("-bind-unix {path}: {e}"))?),
+        None => None,
+    };
     let controller_listener = worker::bind_socket(controller_addr, false)
         .map_err(|e| format!("-c {}: {e}", config.controller))?;
     let controller_addr = controller_listener
@@ -176,6 +232,8 @@ pub fn start(config: Config) -> Result<Running, String> {
         idle_timeout: config.timeout,
         head_timeout: config.head_timeout,
         grace: config.grace,
+        fallback: config.fallback.as_deref().map(Arc::from),
+        proxy_protocol: config.proxy_protocol,
     };
     let max_conns = if config.max_conns == 0 {
         default_max_conns()
@@ -199,7 +257,7 @@ pub fn start(config: Config) -> Result<Running, String> {
     // so they route from the first connection.
     let users = initial_users.len();
     let controller = Controller::new(
-        links,
+        links.clone(),
         Options {
             secret,
             state,
@@ -214,6 +272,10 @@ pub fn start(config: Config) -> Result<Running, String> {
             index,
             cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
             listener,
+            unix_listener: match &unix_listener {
+                Some(l) => Some(l.try_clone().map_err(|e| format!("-bind-unix: {e}"))?),
+                None => None,
+            },
             inbox,
             tls: tls_config.as_ref().map(Arc::clone),
             settings: settings.clone(),
@@ -239,8 +301,14 @@ pub fn start(config: Config) -> Result<Running, String> {
         TlsMode::SelfSigned { .. } => "tls-self-signed",
         TlsMode::Plain => "plain",
     };
+    let data = match (&data_addr, &config.bind_unix) {
+        (Some(addr), Some(path)) => format!("{addr} data_unix={path}"),
+        (Some(addr), None) => addr.to_string(),
+        (None, Some(path)) => format!("none data_unix={path}"),
+        (None, None) => "none".to_string(),
+    };
     eprintln!(
-        "mtt-mu-server ready: data={data_addr} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns} users={users}",
+        "mtt-mu-server ready: data={data} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns} users={users}",
         config.workers, config.mux, config.timeout
     );
     Ok(Running {
@@ -249,5 +317,8 @@ pub fn start(config: Config) -> Result<Running, String> {
         workers,
         shutdown,
         grace: config.grace,
+        cert_files,
+        cert_check: config.cert_check,
+        links,
     })
 }

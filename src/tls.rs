@@ -1,28 +1,99 @@
-//! TLS set-up: one rustls `ServerConfig` shared by every worker, built from PEM files or
-//! from a self-signed certificate made at start-up with rcgen.
+//! TLS set-up: the rustls `ServerConfig` every worker uses, built from PEM files or from a
+//! self-signed certificate made at start-up with rcgen, and rebuilt when the files change.
 //!
 //! It owns the choices a prober or a client can see: the crypto provider (ring, named
 //! explicitly), ALPN (`http/1.1` only: a WebSocket port must not advertise h2), and session
 //! resumption (a session cache for TLS 1.2 and stateless tickets for TLS 1.3, because
-//! mtt-client caches and resumes sessions). It does not accept connections; the workers do.
+//! mtt-client caches and resumes sessions). A reload keeps the same ticket keys and session
+//! cache, so clients resume across certificate renewals. It does not accept connections;
+//! the workers do, and they get a reloaded configuration by message.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::ring as provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::ServerSessionMemoryCache;
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::ServerConfig;
 
 /// How many TLS 1.2 sessions the server remembers for resumption, shared by all workers.
 const SESSION_CACHE_ENTRIES: usize = 4096;
 
-/// Builds the server configuration from a PEM certificate chain and a PEM private key.
-/// Every error names the file it came from.
-pub fn from_files(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| format!("certificate file {}: {e}", cert_path.display()))?
+/// What resumption needs to survive a reload.
+#[derive(Clone)]
+struct Resumption {
+    ticketer: Arc<dyn ProducesTickets>,
+    cache: Arc<dyn StoresServerSessions>,
+}
+
+impl Resumption {
+    fn new() -> Result<Self, String> {
+        Ok(Self {
+            ticketer: provider::Ticketer::new().map_err(|e| e.to_string())?,
+            cache: ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+        })
+    }
+}
+
+/// A certificate and key on disk, and what was last loaded from them.
+pub struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    /// The file contents behind the configuration in use, to notice changes (a symlink
+    /// swap included: contents are compared, not inodes or times).
+    loaded: (Vec<u8>, Vec<u8>),
+    resumption: Resumption,
+}
+
+impl CertFiles {
+    /// Loads the pair. Every error names the file it came from.
+    pub fn load(cert: &Path, key: &Path) -> Result<(CertFiles, Arc<ServerConfig>), String> {
+        let resumption = Resumption::new()?;
+        let contents = read_pair(cert, key)?;
+        let config = from_pem(cert, key, &contents, &resumption)?;
+        Ok((
+            CertFiles {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                loaded: contents,
+                resumption,
+            },
+            config,
+        ))
+    }
+
+    /// A new configuration if the files changed since the last load (or always, with
+    /// `force`); `None` when there is nothing new. On error the caller keeps the old one.
+    pub fn reload(&mut self, force: bool) -> Option<Result<Arc<ServerConfig>, String>> {
+        let contents = match read_pair(&self.cert, &self.key) {
+            Ok(contents) => contents,
+            Err(e) => return Some(Err(e)),
+        };
+        if !force && contents == self.loaded {
+            return None;
+        }
+        let result = from_pem(&self.cert, &self.key, &contents, &self.resumption);
+        // A broken pair is remembered too, so it is reported once, not at every check.
+        self.loaded = contents;
+        Some(result)
+    }
+}
+
+fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let cert_pem =
+        std::fs::read(cert).map_err(|e| format!("certificate file {}: {e}", cert.display()))?;
+    let key_pem = std::fs::read(key).map_err(|e| format!("key file {}: {e}", key.display()))?;
+    Ok((cert_pem, key_pem))
+}
+
+fn from_pem(
+    cert_path: &Path,
+    key_path: &Path,
+    (cert_pem, key_pem): &(Vec<u8>, Vec<u8>),
+    resumption: &Resumption,
+) -> Result<Arc<ServerConfig>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("certificate file {}: {e}", cert_path.display()))?;
     if chain.is_empty() {
@@ -31,15 +102,20 @@ pub fn from_files(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>
             cert_path.display()
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path)
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| format!("key file {}: {e}", key_path.display()))?;
-    build(chain, key).map_err(|e| {
+    build(chain, key, resumption).map_err(|e| {
         format!(
             "certificate {} with key {}: {e}",
             cert_path.display(),
             key_path.display()
         )
     })
+}
+
+/// Builds the server configuration from a PEM certificate chain and a PEM private key.
+pub fn from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    CertFiles::load(cert, key).map(|(_, config)| config)
 }
 
 /// Generates an ECDSA P-256 self-signed certificate for `name` and builds the server
@@ -50,12 +126,13 @@ pub fn self_signed(name: &str) -> Result<Arc<ServerConfig>, String> {
     let chain = vec![generated.cert.der().clone()];
     let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der())
         .map_err(|e| format!("self-signed key: {e}"))?;
-    build(chain, key)
+    build(chain, key, &Resumption::new()?)
 }
 
 fn build(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(provider::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -66,8 +143,8 @@ fn build(
         .with_single_cert(chain, key)
         .map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
-    config.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
+    config.session_storage = Arc::clone(&resumption.cache);
+    config.ticketer = Arc::clone(&resumption.ticketer);
     // Two tickets (rustls' default is 2 too) let a client resume twice in parallel.
     config.send_tls13_tickets = 2;
     Ok(Arc::new(config))

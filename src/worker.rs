@@ -27,6 +27,7 @@ use crate::broadcast::{self, Reply, Request, WorkerInbox};
 use crate::doorbell::Doorbell;
 use crate::routes::RouteTable;
 use crate::stats::{Refusal, StatsTable};
+use crate::stream::DataListener;
 
 /// Listen backlog of each worker's socket.
 const BACKLOG: i32 = 4096;
@@ -42,6 +43,10 @@ pub struct Settings {
     pub head_timeout: Duration,
     /// After a shutdown signal, how long open connections may finish.
     pub grace: Duration,
+    /// The web server for connections that are not tunnels (`-fallback`).
+    pub fallback: Option<Arc<str>>,
+    /// Every data connection starts with a PROXY protocol header (`-proxy-protocol`).
+    pub proxy_protocol: bool,
 }
 
 /// The process-wide cap on concurrent data-port connections, shared by all workers: one
@@ -119,8 +124,9 @@ impl Drop for ActiveGuard {
 pub struct Worker {
     /// This worker's copy of the routes, changed only by the controller's broadcasts.
     pub routes: RefCell<RouteTable>,
-    /// The TLS acceptor, or `None` for plain HTTP behind a proxy.
-    pub tls: Option<TlsAcceptor>,
+    /// The TLS acceptor, or `None` for plain HTTP behind a proxy; replaced when the
+    /// certificate is reloaded (open connections keep the one they started with).
+    pub tls: RefCell<Option<TlsAcceptor>>,
     pub settings: Settings,
     /// This worker's counters, per user and in total.
     pub stats: StatsTable,
@@ -139,6 +145,10 @@ impl Worker {
             }
             Request::Kick(paths) => Reply::Kicked(self.stats.kick(paths)),
             Request::Metrics => Reply::Metrics(self.stats.metrics.snapshot()),
+            Request::Tls(config) => {
+                *self.tls.borrow_mut() = Some(TlsAcceptor::from(Arc::clone(config)));
+                Reply::Applied
+            }
         }
     }
 }
@@ -148,7 +158,10 @@ pub struct WorkerSpec {
     pub index: usize,
     /// The core to pin to, if pinning is possible.
     pub cpu: Option<usize>,
-    pub listener: StdListener,
+    /// This worker's own SO_REUSEPORT listener on `-b`, if there is one.
+    pub listener: Option<StdListener>,
+    /// The unix-socket listener (`-bind-unix`), shared by all workers, if there is one.
+    pub unix_listener: Option<std::os::unix::net::UnixListener>,
     pub inbox: WorkerInbox,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub settings: Settings,
@@ -184,17 +197,29 @@ pub fn spawn(spec: WorkerSpec) -> io::Result<JoinHandle<()>> {
 }
 
 async fn run(spec: WorkerSpec) {
-    let listener = match TcpListener::from_std(spec.listener) {
-        Ok(listener) => listener,
-        Err(e) => {
-            log::error!("internal: worker {}: listener: {e}", spec.index);
-            std::process::exit(1);
+    let mut listeners = Vec::new();
+    if let Some(listener) = spec.listener {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => listeners.push(DataListener::Tcp(listener)),
+            Err(e) => {
+                log::error!("internal: worker {}: listener: {e}", spec.index);
+                std::process::exit(1);
+            }
         }
-    };
+    }
+    if let Some(listener) = spec.unix_listener {
+        match monoio::net::UnixListener::from_std(listener) {
+            Ok(listener) => listeners.push(DataListener::Unix(listener)),
+            Err(e) => {
+                log::error!("internal: worker {}: unix listener: {e}", spec.index);
+                std::process::exit(1);
+            }
+        }
+    }
     let grace = spec.settings.grace;
     let worker = Rc::new(Worker {
         routes: RefCell::new(RouteTable::new()),
-        tls: spec.tls.map(TlsAcceptor::from),
+        tls: RefCell::new(spec.tls.map(TlsAcceptor::from)),
         settings: spec.settings,
         stats: StatsTable::default(),
     });
@@ -209,17 +234,25 @@ async fn run(spec: WorkerSpec) {
     let active = Rc::new(Active::default());
     {
         let mut stop = pin!(spec.shutdown.wait());
+        // One accept in flight per listener, polled together.
+        let mut accepts: Vec<_> = listeners.iter().map(|l| Box::pin(l.accept())).collect();
         loop {
-            let accepted = {
-                let mut accept = pin!(listener.accept());
-                poll_fn(|cx| {
-                    if stop.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(None);
+            let accepted = poll_fn(|cx| {
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                for (i, accept) in accepts.iter_mut().enumerate() {
+                    if let Poll::Ready(result) = accept.as_mut().poll(cx) {
+                        return Poll::Ready(Some((i, result)));
                     }
-                    accept.as_mut().poll(cx).map(Some)
-                })
-                .await
-            };
+                }
+                Poll::Pending
+            })
+            .await;
+            let accepted = accepted.map(|(i, result)| {
+                accepts[i] = Box::pin(listeners[i].accept());
+                result
+            });
             match accepted {
                 None => break,
                 Some(Ok((stream, peer))) => {
@@ -245,7 +278,7 @@ async fn run(spec: WorkerSpec) {
         }
     }
     // Draining: no more accepts; open connections get the grace period to finish.
-    drop(listener);
+    drop(listeners);
     let drained = poll_fn(|cx| {
         if active.count.get() == 0 {
             Poll::Ready(())
@@ -291,7 +324,11 @@ pub fn allowed_cpus() -> Vec<usize> {
 /// Binds `count` listeners on `addr` with SO_REUSEPORT, one per worker. Fails if another
 /// socket (another copy of this server, say) already listens there. With port 0 the first
 /// listener picks the port and the others join it.
-pub fn bind_data_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<StdListener>> {
+pub fn bind_data_listeners(
+    addr: SocketAddr,
+    count: usize,
+    fast_open: bool,
+) -> io::Result<Vec<StdListener>> {
     if addr.port() != 0 {
         // Without SO_REUSEPORT this bind fails if anyone listens on the port, whether or not
         // they set SO_REUSEPORT themselves.
@@ -312,7 +349,73 @@ pub fn bind_data_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<Std
     for _ in 1..count {
         listeners.push(bind_socket(addr, true)?);
     }
+    if fast_open {
+        for listener in &listeners {
+            enable_fast_open(listener)?;
+        }
+    }
     Ok(listeners)
+}
+
+/// TCP Fast Open on a listening socket, with a queue of pending fast opens.
+fn enable_fast_open(listener: &StdListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let queue: libc::c_int = 1024;
+    // SAFETY: setsockopt on a descriptor the listener owns, with a c_int we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            &queue as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Binds the unix-socket data listener at `path`, or in the abstract namespace for
+/// `@name`. A stale socket file left by a crash is replaced; one that a live server
+/// still answers on is not.
+pub fn bind_unix(path: &str) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
+    if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = UnixAddr::from_abstract_name(name.as_bytes())?;
+        let listener = UnixListener::bind_addr(&addr)?;
+        listener.set_nonblocking(true)?;
+        return Ok(listener);
+    }
+    match UnixListener::bind(path) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{path} is in use by a running server"),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        other => {
+            let listener = other?;
+            set_socket_mode(path)?;
+            listener.set_nonblocking(true)?;
+            return Ok(listener);
+        }
+    }
+    let listener = UnixListener::bind(path)?;
+    set_socket_mode(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Lets a local reverse proxy running as another user (nginx's www-data) connect.
+fn set_socket_mode(path: &str) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
 }
 
 /// A listening socket; `[::]` accepts IPv4 too, and falls back to `0.0.0.0` where IPv6 is

@@ -37,10 +37,18 @@ impl Server {
 
     /// Starts the server with these extra flags (and `-b`, `-c`, `-workers 2` unless given).
     pub fn start(extra: &[&str]) -> Server {
-        let mut args: Vec<String> = Vec::new();
+        let mut args: Vec<&str> = Vec::new();
         if !extra.contains(&"-b") {
-            args.extend(["-b".into(), "127.0.0.1:0".into()]);
+            args.extend(["-b", "127.0.0.1:0"]);
         }
+        args.extend_from_slice(extra);
+        Server::start_raw(&args)
+    }
+
+    /// Starts the server with these flags (and `-c`, `-workers 2` unless given), without
+    /// adding a `-b`; `data` is 0.0.0.0:0 when the server has no TCP data listener.
+    pub fn start_raw(extra: &[&str]) -> Server {
+        let mut args: Vec<String> = Vec::new();
         if !extra.contains(&"-c") {
             args.extend(["-c".into(), "127.0.0.1:0".into()]);
         }
@@ -80,12 +88,14 @@ impl Server {
             }
         };
         let field = |name: &str| -> SocketAddr {
-            ready
+            let value = ready
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no {name} in {ready}"))
-                .parse()
-                .unwrap()
+                .unwrap_or_else(|| panic!("no {name} in {ready}"));
+            if value == "none" {
+                return SocketAddr::from(([0, 0, 0, 0], 0));
+            }
+            value.parse().unwrap()
         };
         Server {
             data: field("data="),
