@@ -87,18 +87,23 @@ pub async fn handle(mut transport: Transport, peer: Peer, worker: Rc<Worker>) {
     let stream = stream::data_stream(transport, early);
     let tls = worker.tls.borrow().clone();
     match tls {
-        Some(acceptor) => match monoio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => serve(tls, peer, &worker, deadline).await,
-            Ok(Err(e)) => {
-                worker.stats.metrics.refuse(Refusal::TlsError);
-                log::debug!("client {peer}: TLS handshake failed: {e}");
+        // Each stage is boxed: a connection task holds only the stage it is in, not the
+        // largest of all of them (the task of a tunnel would otherwise carry the TLS
+        // handshake's and the mux session's state too).
+        Some(acceptor) => {
+            match monoio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
+                Ok(Ok(tls)) => Box::pin(serve(tls, peer, &worker, deadline)).await,
+                Ok(Err(e)) => {
+                    worker.stats.metrics.refuse(Refusal::TlsError);
+                    log::debug!("client {peer}: TLS handshake failed: {e}");
+                }
+                Err(_) => {
+                    worker.stats.metrics.refuse(Refusal::Timeout);
+                    log::debug!("client {peer}: TLS handshake timed out");
+                }
             }
-            Err(_) => {
-                worker.stats.metrics.refuse(Refusal::Timeout);
-                log::debug!("client {peer}: TLS handshake timed out");
-            }
-        },
-        None => serve(stream, peer, &worker, deadline).await,
+        }
+        None => Box::pin(serve(stream, peer, &worker, deadline)).await,
     }
 }
 
@@ -121,7 +126,13 @@ where
     match fallback::connect(site).await {
         Ok(conn) => {
             log::debug!("client {peer}: handed to the fallback site {site}");
-            fallback::relay(stream, conn, already_read, worker.settings.idle_timeout).await;
+            Box::pin(fallback::relay(
+                stream,
+                conn,
+                already_read,
+                worker.settings.idle_timeout,
+            ))
+            .await;
             Ok(())
         }
         Err(e) => {
@@ -261,7 +272,14 @@ async fn upgrade<S>(
             let ticket = worker.stats.open(&route.path, Kind::Plain);
             let (mut reader, writer) = tunnel::split_client(stream, early);
             let idle_timeout = worker.settings.idle_timeout;
-            let end = tunnel::run(&mut reader, &writer, dst, idle_timeout, &ticket).await;
+            let end = Box::pin(tunnel::run(
+                &mut reader,
+                &writer,
+                dst,
+                idle_timeout,
+                &ticket,
+            ))
+            .await;
             log::debug!(
                 "client {peer} path {}: plain tunnel ended: {end:?}",
                 route.path
@@ -276,7 +294,13 @@ async fn upgrade<S>(
             let (reader, writer) = tunnel::split_client(stream, early);
             let path = route.path.clone();
             let _ticket = worker.stats.open(&route.path, Kind::MuxSession);
-            let end = crate::mux::run(reader, writer, route, worker.settings.clone()).await;
+            let end = Box::pin(crate::mux::run(
+                reader,
+                writer,
+                route,
+                worker.settings.clone(),
+            ))
+            .await;
             log::debug!("client {peer} path {path}: mux session ended: {end:?}");
         }
     }
