@@ -17,6 +17,7 @@ use crate::proxy_protocol;
 use crate::routes::Route;
 use crate::stats::{Kind, Refusal};
 use crate::stream::{self, Peer, Transport};
+use crate::tls_stream::{self, Accepted};
 use crate::tunnel;
 use crate::worker::Worker;
 
@@ -84,26 +85,26 @@ pub async fn handle(mut transport: Transport, peer: Peer, worker: Rc<Worker>) {
     } else {
         (peer, Vec::new())
     };
-    let stream = stream::data_stream(transport, early);
     let tls = worker.tls.borrow().clone();
-    match tls {
-        // Each stage is boxed: a connection task holds only the stage it is in, not the
-        // largest of all of them (the task of a tunnel would otherwise carry the TLS
-        // handshake's and the mux session's state too).
-        Some(acceptor) => {
-            match monoio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
-                Ok(Ok(tls)) => Box::pin(serve(tls, peer, &worker, deadline)).await,
-                Ok(Err(e)) => {
-                    worker.stats.metrics.refuse(Refusal::TlsError);
-                    log::debug!("client {peer}: TLS handshake failed: {e}");
-                }
-                Err(_) => {
-                    worker.stats.metrics.refuse(Refusal::Timeout);
-                    log::debug!("client {peer}: TLS handshake timed out");
-                }
-            }
+    // Each stage is boxed: a connection task holds only the stage it is in, not the
+    // largest of all of them (the task of a tunnel would otherwise carry the TLS
+    // handshake's and the mux session's state too).
+    let Some(config) = tls else {
+        let stream = stream::data_stream(transport, early);
+        return Box::pin(serve(stream, peer, &worker, deadline)).await;
+    };
+    let accepted = Box::pin(tls_stream::accept(&config, transport, early));
+    match monoio::time::timeout_at(deadline, accepted).await {
+        Ok(Ok(Accepted::V13(tls))) => Box::pin(serve(tls, peer, &worker, deadline)).await,
+        Ok(Ok(Accepted::V12(tls))) => Box::pin(serve(tls, peer, &worker, deadline)).await,
+        Ok(Err(e)) => {
+            worker.stats.metrics.refuse(Refusal::TlsError);
+            log::debug!("client {peer}: TLS handshake failed: {e}");
         }
-        None => Box::pin(serve(stream, peer, &worker, deadline)).await,
+        Err(_) => {
+            worker.stats.metrics.refuse(Refusal::Timeout);
+            log::debug!("client {peer}: TLS handshake timed out");
+        }
     }
 }
 

@@ -19,6 +19,7 @@
 //! - [`stream`]: the data port's transport (TCP or unix socket) behind one type.
 //! - [`proxy_protocol`]: PROXY v1/v2 headers in front of data connections.
 //! - [`tls`]: the rustls configuration (files or self-signed), ALPN, resumption, reload.
+//! - [`tls_stream`]: the handshake, then our own TLS 1.3 record layer (rustls for TLS 1.2).
 //! - [`connection`]: one data-port connection from TLS handshake to tunnel: heads,
 //!   routing, upgrade checks, mode choice.
 //! - [`http`]: bounded request-head reading, route keys, canned responses.
@@ -61,6 +62,7 @@ pub mod stats;
 pub mod stream;
 pub mod task;
 pub mod tls;
+pub mod tls_stream;
 pub mod tunnel;
 pub mod worker;
 pub mod ws;

@@ -147,5 +147,8 @@ fn build(
     config.ticketer = Arc::clone(&resumption.ticketer);
     // Two tickets (rustls' default is 2 too) let a client resume twice in parallel.
     config.send_tls13_tickets = 2;
+    // TLS 1.3 records are sealed and opened by our own record layer (tls_stream.rs)
+    // with the traffic keys rustls hands over after the handshake.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }

@@ -21,7 +21,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use monoio::net::TcpListener;
-use monoio_rustls::TlsAcceptor;
 
 use crate::broadcast::{self, Reply, Request, WorkerInbox};
 use crate::doorbell::Doorbell;
@@ -126,7 +125,7 @@ pub struct Worker {
     pub routes: RefCell<RouteTable>,
     /// The TLS acceptor, or `None` for plain HTTP behind a proxy; replaced when the
     /// certificate is reloaded (open connections keep the one they started with).
-    pub tls: RefCell<Option<TlsAcceptor>>,
+    pub tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
     pub settings: Settings,
     /// This worker's counters, per user and in total.
     pub stats: StatsTable,
@@ -146,7 +145,7 @@ impl Worker {
             Request::Kick(paths) => Reply::Kicked(self.stats.kick(paths)),
             Request::Metrics => Reply::Metrics(self.stats.metrics.snapshot()),
             Request::Tls(config) => {
-                *self.tls.borrow_mut() = Some(TlsAcceptor::from(Arc::clone(config)));
+                *self.tls.borrow_mut() = Some(Arc::clone(config));
                 Reply::Applied
             }
         }
@@ -219,7 +218,7 @@ async fn run(spec: WorkerSpec) {
     let grace = spec.settings.grace;
     let worker = Rc::new(Worker {
         routes: RefCell::new(RouteTable::new()),
-        tls: RefCell::new(spec.tls.map(TlsAcceptor::from)),
+        tls: RefCell::new(spec.tls),
         settings: spec.settings,
         stats: StatsTable::default(),
     });

@@ -225,11 +225,7 @@ print(json.dumps(out))
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-fn sum(
-    samples: &Samples,
-    name: &str,
-    label: Option<(&str, &str)>,
-) -> f64 {
+fn sum(samples: &Samples, name: &str, label: Option<(&str, &str)>) -> f64 {
     samples
         .get(name)
         .unwrap_or_else(|| panic!("no {name}"))

@@ -42,6 +42,37 @@ fn bulk_echo_over_tls() {
 }
 
 #[test]
+fn tls_12_clients_are_served_too() {
+    let server = Server::tls();
+    let path = unique_path("tls12");
+    server.add(&[(&path, echo_backend())]);
+    for (version, expected) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        let config = tls_config_versions(Vec::new(), &[version]);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = rustls::ClientConnection::new(config, name).unwrap();
+        let tcp = std::net::TcpStream::connect(server.data).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let mut conn = Conn::Tls(Box::new(rustls::StreamOwned::new(tls, tcp)));
+        assert_eq!(raw_upgrade(&mut conn, &path, "").0, 101);
+        if let Conn::Tls(stream) = &conn {
+            assert_eq!(stream.conn.protocol_version(), Some(expected));
+        }
+        // Frames larger than a TLS record, both ways, then a clean close.
+        for size in [1, 16_383, 16_384, 16_385, 100_000] {
+            let payload = pattern(size, size as u64);
+            conn.write_all(&masked_frame(true, 0x2, &payload)).unwrap();
+            assert!(read_data(&mut conn, size) == payload, "{expected:?} {size}");
+        }
+        conn.write_all(&masked_frame(true, 0x8, &[0x03, 0xe8]))
+            .unwrap();
+        assert_eq!(read_until_close(&mut conn).1, Some(1000));
+    }
+}
+
+#[test]
 fn bulk_echo_over_plain_tcp() {
     echo_roundtrip(&Server::plain());
 }

@@ -272,9 +272,17 @@ pub fn tls_client_with(alpn: Vec<Vec<u8>>) -> rustls::ClientConnection {
 /// A client configuration that accepts any certificate; its session cache lives as long as
 /// it does, so connections made from one configuration resume.
 pub fn tls_config(alpn: Vec<Vec<u8>>) -> Arc<rustls::ClientConfig> {
+    tls_config_versions(alpn, rustls::DEFAULT_VERSIONS)
+}
+
+/// As [`tls_config`], limited to these TLS versions.
+pub fn tls_config_versions(
+    alpn: Vec<Vec<u8>>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
