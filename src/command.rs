@@ -24,10 +24,48 @@ struct CommandBody {
     reset: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One entry of `args_bunch`. Deserialized by hand so that only a JSON object is one:
+/// serde's derived code would also take `["/a","h:1"]` field by field.
+#[derive(Debug, Default)]
 struct UserArg {
     path: Option<String>,
     dst: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for UserArg {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = UserArg;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with \"path\" and \"dst\"")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UserArg, A::Error> {
+                let mut entry = UserArg::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match &*key {
+                        "path" => &mut entry.path,
+                        "dst" => &mut entry.dst,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
+                    }
+                    *slot = map.next_value::<Option<String>>()?;
+                }
+                Ok(entry)
+            }
+        }
+        deserializer.deserialize_map(Entry)
+    }
 }
 
 /// A command that passed validation, ready to apply as one batch.
@@ -259,6 +297,9 @@ mod tests {
             r#"{"opt":1,"args_bunch":[{"path":5,"dst":"h:1"}]}"#,
             r#"{"opt":99999999999999999999999}"#,
             r#"{"opt":1,"opt":2}"#,
+            r#"{"opt":1,"args_bunch":[["/a","h:1"]]}"#,
+            r#"{"opt":1,"args_bunch":[{"path":"/a","path":"/b","dst":"h:1"}]}"#,
+            r#"{"opt":1,"args_bunch":[7]}"#,
         ] {
             assert!(matches!(err(body), CommandError::BadRequest(_)), "{body}");
         }

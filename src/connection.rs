@@ -74,7 +74,7 @@ pub fn check_upgrade(head: &RequestHead) -> Result<(), (u16, &'static str)> {
 pub async fn handle(mut transport: Transport, peer: Peer, worker: Rc<Worker>) {
     let deadline = Instant::now() + worker.settings.head_timeout;
     let (peer, early) = if worker.settings.proxy_protocol {
-        match proxy_protocol::read_header(&mut transport, deadline).await {
+        match Box::pin(proxy_protocol::read_header(&mut transport, deadline)).await {
             Ok((source, early)) => (source.map_or(peer, Peer::Ip), early),
             Err(e) => {
                 worker.stats.metrics.refuse(Refusal::BadRequest);
@@ -93,8 +93,8 @@ pub async fn handle(mut transport: Transport, peer: Peer, worker: Rc<Worker>) {
         let stream = stream::data_stream(transport, early);
         return Box::pin(serve(stream, peer, &worker, deadline)).await;
     };
-    let accepted = Box::pin(tls_stream::accept(&config, transport, early));
-    match monoio::time::timeout_at(deadline, accepted).await {
+    let accepted = tls_stream::accept(&config, transport, early);
+    match Box::pin(monoio::time::timeout_at(deadline, accepted)).await {
         Ok(Ok(Accepted::V13(tls))) => Box::pin(serve(tls, peer, &worker, deadline)).await,
         Ok(Ok(Accepted::V12(tls))) => Box::pin(serve(tls, peer, &worker, deadline)).await,
         Ok(Err(e)) => {
@@ -152,8 +152,8 @@ where
     S::OwnedWrite: AsyncWriteRent + 'static,
 {
     let mut buf = Vec::new();
-    for _ in 0..MAX_REQUESTS {
-        let (result, rest) = http::read_head(&mut stream, buf, deadline).await;
+    for served in 1..=MAX_REQUESTS {
+        let (result, rest) = Box::pin(http::read_head(&mut stream, buf, deadline)).await;
         buf = rest;
         let (head, head_len) = match result {
             Ok(parsed) => parsed,
@@ -166,7 +166,8 @@ where
             Err(e) => {
                 worker.stats.metrics.refuse(Refusal::BadRequest);
                 log::debug!("client {peer}: bad request head: {e:?}");
-                let Err(mut stream) = try_fallback(stream, peer, worker, buf).await else {
+                let Err(mut stream) = Box::pin(try_fallback(stream, peer, worker, buf)).await
+                else {
                     return;
                 };
                 let status = if e == HeadError::TooLarge { 431 } else { 400 };
@@ -180,7 +181,8 @@ where
             .and_then(|key| worker.routes.borrow().lookup(&key).cloned());
         // A body we do not read would be taken for the next request: close after answering.
         let has_body = head.transfer_encoding || head.content_length.is_some_and(|n| n > 0);
-        let keep_alive = head.keep_alive() && !has_body;
+        // The last request a connection may carry is answered with `Connection: close`.
+        let keep_alive = head.keep_alive() && !has_body && served < MAX_REQUESTS;
         let with_body = head.method != "HEAD";
         let refusal = match &route {
             None => {
@@ -199,7 +201,7 @@ where
         if let Some((status, extra)) = refusal {
             if worker.settings.fallback.is_some() {
                 // The whole connection goes to the site, this request first.
-                match try_fallback(stream, peer, worker, buf).await {
+                match Box::pin(try_fallback(stream, peer, worker, buf)).await {
                     Ok(()) => return,
                     Err(back) => {
                         stream = back;
@@ -224,7 +226,7 @@ where
         // Both are Some here: a refusal was answered above.
         let Some(route) = route else { return };
         buf.drain(..head_len);
-        upgrade(stream, peer, worker, head, route, buf).await;
+        Box::pin(upgrade(stream, peer, worker, head, route, buf)).await;
         return;
     }
 }

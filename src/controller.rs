@@ -398,7 +398,10 @@ async fn serve(
         };
         if let Some((status, reply)) = refusal {
             // The body (if any) is unread: the connection cannot carry another request.
-            respond(&mut stream, status, &reply, false).await;
+            let body = serde_json::to_string(&reply).unwrap_or_default();
+            let with_body = head.method != "HEAD";
+            let response = http::json_response_for(status, &body, false, with_body);
+            let _ = stream.write_all(response).await;
             return;
         }
         let length = head.content_length.unwrap_or(0) as usize;

@@ -284,8 +284,13 @@ pub fn error_page(status: u16, extra_headers: &str, keep_alive: bool, with_body:
     .into_bytes()
 }
 
-/// A JSON response, as the controller sends them.
+/// A JSON response, as the controller sends them (to a HEAD request, without the body).
 pub fn json_response(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
+    json_response_for(status, body, keep_alive, true)
+}
+
+/// As [`json_response`]; `with_body` false for a HEAD request.
+pub fn json_response_for(status: u16, body: &str, keep_alive: bool, with_body: bool) -> Vec<u8> {
     let connection = if keep_alive { "keep-alive" } else { "close" };
     format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nDate: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n{}\r\n{body}",
@@ -297,6 +302,7 @@ pub fn json_response(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
             401 => "WWW-Authenticate: Bearer\r\n",
             _ => "",
         },
+        body = if with_body { body } else { "" },
     )
     .into_bytes()
 }

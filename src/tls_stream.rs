@@ -69,6 +69,21 @@ fn complete_record(buf: &[u8]) -> Option<usize> {
     (buf.len() >= len).then_some(len)
 }
 
+/// Whether `buf` starts with something that can be a TLS record header during the
+/// handshake: a known content type, a 3.x version, a length rustls would take. Anything
+/// else (plain HTTP to the TLS port, a scanner's garbage) is refused at once instead of
+/// waiting for a "record" that never comes.
+fn plausible_header(buf: &[u8]) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    let content_type_ok = (20..=23).contains(&buf[0]);
+    let version_ok = buf.len() < 2 || buf[1] == 3;
+    let length_ok = buf.len() < HEADER
+        || (u16::from_be_bytes([buf[3], buf[4]]) as usize) <= MAX_PLAINTEXT + 2048;
+    content_type_ok && version_ok && length_ok
+}
+
 /// Runs the handshake on `transport` (after `early`, bytes already read) with
 /// `config`. The caller bounds it in time.
 pub async fn accept(
@@ -105,6 +120,9 @@ pub async fn accept(
             }
         }
         buf.drain(..pos);
+        if !plausible_header(&buf) {
+            return Err(invalid("not a TLS record"));
+        }
         if buf.len() >= MAX_HANDSHAKE_BUFFER {
             return Err(invalid("handshake too large"));
         }
@@ -554,6 +572,17 @@ mod tests {
             seq,
             limit: 1 << 24,
         }
+    }
+
+    #[test]
+    fn only_plausible_handshake_headers_are_waited_for() {
+        assert!(plausible_header(b""));
+        assert!(plausible_header(&[22]));
+        assert!(plausible_header(&[22, 3, 1, 0x02, 0x00]));
+        assert!(!plausible_header(b"GET / HTTP/1.1"));
+        assert!(!plausible_header(&[22, 3, 1, 0xff, 0xff]));
+        assert!(!plausible_header(&[22, 2]));
+        assert!(!plausible_header(&[0x80, 3]));
     }
 
     #[test]
