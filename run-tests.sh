@@ -32,7 +32,7 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 if compgen -G "benches/*.rs" >/dev/null; then
     cargo bench --bench '*' -- --test
 fi

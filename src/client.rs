@@ -23,6 +23,7 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Instant;
 
+use crate::stream::Readiness;
 use crate::ws::{self, OpCode, ProtocolError};
 
 /// First size of the read buffer: small, so an idle tunnel holds little.
@@ -63,7 +64,7 @@ pub struct ClientReader<R> {
     filled: bool,
 }
 
-impl<R: AsyncReadRent> ClientReader<R> {
+impl<R: AsyncReadRent + Readiness> ClientReader<R> {
     /// A reader over `inner`, starting with bytes that arrived with the request head.
     pub fn new(inner: R, early: Vec<u8>) -> Self {
         let mut buf = early;
@@ -127,6 +128,15 @@ impl<R: AsyncReadRent> ClientReader<R> {
         }
         self.buf.truncate(kept);
         self.pos = 0;
+        if !self.filled && kept == 0 {
+            // The last read drained the socket: wait for more without holding a buffer,
+            // so an idle tunnel pins none.
+            self.buf = Vec::new();
+            if self.inner.wait_readable().await.is_err() {
+                return Err(ReadEnd::Gone);
+            }
+            self.buf = Vec::with_capacity(INITIAL_BUFFER);
+        }
         let capacity = self.buf.capacity();
         if self.filled && capacity < MAX_BUFFER {
             self.buf.reserve_exact(capacity.min(MAX_BUFFER - capacity));

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::time::Instant;
 
+use crate::client::{ClientReader, ClientWriter};
 use crate::fallback;
 use crate::http::{self, HeadError, RequestHead};
 use crate::proxy_protocol;
 use crate::routes::Route;
 use crate::stats::{Kind, Refusal};
-use crate::stream::{self, Peer, Transport};
+use crate::stream::{Peer, PlainStream, Readiness, Transport};
 use crate::tls_stream::{self, Accepted};
 use crate::tunnel;
 use crate::worker::Worker;
@@ -90,13 +91,13 @@ pub async fn handle(mut transport: Transport, peer: Peer, worker: Rc<Worker>) {
     // largest of all of them (the task of a tunnel would otherwise carry the TLS
     // handshake's and the mux session's state too).
     let Some(config) = tls else {
-        let stream = stream::data_stream(transport, early);
-        return Box::pin(serve(stream, peer, &worker, deadline)).await;
+        let stream = PlainStream::new(transport, early);
+        return serve_connection(stream, peer, &worker, deadline).await;
     };
     let accepted = tls_stream::accept(&config, transport, early);
     match Box::pin(monoio::time::timeout_at(deadline, accepted)).await {
-        Ok(Ok(Accepted::V13(tls))) => Box::pin(serve(tls, peer, &worker, deadline)).await,
-        Ok(Ok(Accepted::V12(tls))) => Box::pin(serve(tls, peer, &worker, deadline)).await,
+        Ok(Ok(Accepted::V13(tls))) => serve_connection(tls, peer, &worker, deadline).await,
+        Ok(Ok(Accepted::V12(tls))) => serve_connection(tls, peer, &worker, deadline).await,
         Ok(Err(e)) => {
             worker.stats.metrics.refuse(Refusal::TlsError);
             log::debug!("client {peer}: TLS handshake failed: {e}");
@@ -145,10 +146,87 @@ where
     }
 }
 
-async fn serve<S>(mut stream: S, peer: Peer, worker: &Worker, mut deadline: Instant)
+/// A valid upgrade to a known path, with the connection it came on.
+struct UpgradeRequest<S> {
+    stream: S,
+    head: RequestHead,
+    route: Arc<Route>,
+    /// Bytes that came after the head (the client's first frames, if it did not wait).
+    early: Vec<u8>,
+}
+
+/// A tunnel ready to run: the `101` is sent.
+enum Ready<S: Splitable> {
+    Plain {
+        reader: ClientReader<S::OwnedRead>,
+        writer: ClientWriter<S::OwnedWrite>,
+        dst: monoio::net::TcpStream,
+    },
+    Mux {
+        reader: ClientReader<S::OwnedRead>,
+        writer: ClientWriter<S::OwnedWrite>,
+    },
+}
+
+/// Serves a connection from its first request head to the end of its tunnel. Each
+/// stage is boxed and dropped before the next begins, so a tunnel's task holds only the
+/// tunnel's state, not the head reading's or the upgrade's as well.
+async fn serve_connection<S>(stream: S, peer: Peer, worker: &Worker, deadline: Instant)
 where
     S: AsyncReadRent + AsyncWriteRent + Splitable,
-    S::OwnedRead: AsyncReadRent,
+    S::OwnedRead: AsyncReadRent + Readiness,
+    S::OwnedWrite: AsyncWriteRent + 'static,
+{
+    let Some(request) = Box::pin(serve(stream, peer, worker, deadline)).await else {
+        return;
+    };
+    let route = Arc::clone(&request.route);
+    let Some(ready) = Box::pin(upgrade(request, peer, worker)).await else {
+        return;
+    };
+    match ready {
+        Ready::Plain {
+            reader,
+            writer,
+            dst,
+        } => {
+            let ticket = worker.stats.open(&route.path, Kind::Plain);
+            let end = Box::pin(tunnel::run(reader, writer, dst, ticket)).await;
+            log::debug!(
+                "client {peer} path {}: plain tunnel ended: {end:?}",
+                route.path
+            );
+        }
+        Ready::Mux { reader, writer } => {
+            let ticket = worker.stats.open(&route.path, Kind::MuxSession);
+            let settings = worker.settings.clone();
+            let end = Box::pin(crate::mux::run(
+                reader,
+                writer,
+                Arc::clone(&route),
+                settings,
+                ticket,
+            ))
+            .await;
+            log::debug!(
+                "client {peer} path {}: mux session ended: {end:?}",
+                route.path
+            );
+        }
+    }
+}
+
+/// Reads request heads and answers those that are not upgrades (or hands the connection
+/// to the fallback site); returns the first valid upgrade to a known path.
+async fn serve<S>(
+    mut stream: S,
+    peer: Peer,
+    worker: &Worker,
+    mut deadline: Instant,
+) -> Option<UpgradeRequest<S>>
+where
+    S: AsyncReadRent + AsyncWriteRent + Splitable,
+    S::OwnedRead: AsyncReadRent + Readiness,
     S::OwnedWrite: AsyncWriteRent + 'static,
 {
     let mut buf = Vec::new();
@@ -157,24 +235,24 @@ where
         buf = rest;
         let (head, head_len) = match result {
             Ok(parsed) => parsed,
-            Err(HeadError::Closed { .. }) => return,
+            Err(HeadError::Closed { .. }) => return None,
             Err(HeadError::Timeout) => {
                 worker.stats.metrics.refuse(Refusal::Timeout);
                 log::debug!("client {peer}: request head timed out");
-                return;
+                return None;
             }
             Err(e) => {
                 worker.stats.metrics.refuse(Refusal::BadRequest);
                 log::debug!("client {peer}: bad request head: {e:?}");
                 let Err(mut stream) = Box::pin(try_fallback(stream, peer, worker, buf)).await
                 else {
-                    return;
+                    return None;
                 };
                 let status = if e == HeadError::TooLarge { 431 } else { 400 };
                 let _ = stream
                     .write_all(http::error_page(status, "", false, true))
                     .await;
-                return;
+                return None;
             }
         };
         let route = http::route_key(&head.target)
@@ -202,7 +280,7 @@ where
             if worker.settings.fallback.is_some() {
                 // The whole connection goes to the site, this request first.
                 match Box::pin(try_fallback(stream, peer, worker, buf)).await {
-                    Ok(()) => return,
+                    Ok(()) => return None,
                     Err(back) => {
                         stream = back;
                         buf = Vec::new();
@@ -212,99 +290,86 @@ where
             let page = http::error_page(status, extra, keep_alive, with_body);
             let (result, _) = stream.write_all(page).await;
             if result.is_err() || !keep_alive {
-                return;
+                return None;
             }
             if buf.len() >= head_len {
                 buf.drain(..head_len);
             } else {
                 // The head went to a fallback site that could not be reached.
-                return;
+                return None;
             }
             deadline = Instant::now() + worker.settings.head_timeout;
             continue;
         }
         // Both are Some here: a refusal was answered above.
-        let Some(route) = route else { return };
+        let route = route?;
         buf.drain(..head_len);
-        Box::pin(upgrade(stream, peer, worker, head, route, buf)).await;
-        return;
+        return Some(UpgradeRequest {
+            stream,
+            head,
+            route,
+            early: buf,
+        });
     }
+    None
 }
 
-/// Answers a valid upgrade and runs the tunnel it asked for.
-async fn upgrade<S>(
-    mut stream: S,
-    peer: Peer,
-    worker: &Worker,
-    head: RequestHead,
-    route: Arc<Route>,
-    early: Vec<u8>,
-) where
+/// Answers a valid upgrade: dials `dst` for a plain tunnel (a 502 if it cannot be
+/// reached), sends the `101`, and hands back the tunnel's two ends.
+async fn upgrade<S>(request: UpgradeRequest<S>, peer: Peer, worker: &Worker) -> Option<Ready<S>>
+where
     S: AsyncReadRent + AsyncWriteRent + Splitable,
-    S::OwnedRead: AsyncReadRent,
+    S::OwnedRead: AsyncReadRent + Readiness,
     S::OwnedWrite: AsyncWriteRent + 'static,
 {
+    let UpgradeRequest {
+        mut stream,
+        head,
+        route,
+        early,
+    } = request;
     let (mode, protocol) = choose_mode(&head.ws_protocols, worker.settings.mux_default);
     let accept = http::websocket_accept(head.ws_key.as_deref().unwrap_or_default());
-    match mode {
-        Mode::Plain => {
-            let dst = match tunnel::dial(&route.dst).await {
-                Ok(dst) => dst,
-                Err(e) => {
-                    let failures = &worker.stats.metrics.dial_failures;
-                    failures.set(failures.get() + 1);
-                    log::error!(
-                        "backend {} for path {}: dial failed: {e} (client {peer})",
-                        route.dst,
-                        route.path
-                    );
-                    let page = http::error_page(502, "", false, true);
-                    let _ = stream.write_all(page).await;
-                    return;
-                }
-            };
-            let response = http::switching_protocols(&accept, protocol);
-            if stream.write_all(response).await.0.is_err() {
-                return;
+    drop(head);
+    let dst = match mode {
+        Mode::Mux => None,
+        Mode::Plain => match tunnel::dial(&route.dst).await {
+            Ok(dst) => Some(dst),
+            Err(e) => {
+                let failures = &worker.stats.metrics.dial_failures;
+                failures.set(failures.get() + 1);
+                log::error!(
+                    "backend {} for path {}: dial failed: {e} (client {peer})",
+                    route.dst,
+                    route.path
+                );
+                let page = http::error_page(502, "", false, true);
+                let _ = stream.write_all(page).await;
+                return None;
             }
+        },
+    };
+    let response = http::switching_protocols(&accept, protocol);
+    if stream.write_all(response).await.0.is_err() {
+        return None;
+    }
+    let (reader, writer) = tunnel::split_client(stream, early);
+    match dst {
+        Some(dst) => {
             log::debug!(
                 "client {peer} path {}: plain tunnel to {} open",
                 route.path,
                 route.dst
             );
-            let ticket = worker.stats.open(&route.path, Kind::Plain);
-            let (mut reader, writer) = tunnel::split_client(stream, early);
-            let idle_timeout = worker.settings.idle_timeout;
-            let end = Box::pin(tunnel::run(
-                &mut reader,
-                &writer,
-                dst,
-                idle_timeout,
-                &ticket,
-            ))
-            .await;
-            log::debug!(
-                "client {peer} path {}: plain tunnel ended: {end:?}",
-                route.path
-            );
-        }
-        Mode::Mux => {
-            let response = http::switching_protocols(&accept, protocol);
-            if stream.write_all(response).await.0.is_err() {
-                return;
-            }
-            log::debug!("client {peer} path {}: mux session open", route.path);
-            let (reader, writer) = tunnel::split_client(stream, early);
-            let path = route.path.clone();
-            let _ticket = worker.stats.open(&route.path, Kind::MuxSession);
-            let end = Box::pin(crate::mux::run(
+            Some(Ready::Plain {
                 reader,
                 writer,
-                route,
-                worker.settings.clone(),
-            ))
-            .await;
-            log::debug!("client {peer} path {path}: mux session ended: {end:?}");
+                dst,
+            })
+        }
+        None => {
+            log::debug!("client {peer} path {}: mux session open", route.path);
+            Some(Ready::Mux { reader, writer })
         }
     }
 }

@@ -168,8 +168,15 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError>
             head.ws_protocols
                 .extend(tokens(&value).map(|token| token.to_string()));
         } else if name.eq_ignore_ascii_case("content-length") {
-            match value.trim().parse::<u64>() {
-                Ok(n) if head.content_length.is_none() || head.content_length == Some(n) => {
+            // Digits only (RFC 9110, as Go): no sign, no Unicode white space.
+            let digits = value.trim_matches([' ', '\t']);
+            let parsed = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                digits.parse::<u64>().ok()
+            } else {
+                None
+            };
+            match parsed {
+                Some(n) if head.content_length.is_none() || head.content_length == Some(n) => {
                     head.content_length = Some(n)
                 }
                 _ => head.bad_content_length = true,
@@ -201,6 +208,8 @@ pub fn route_key(target: &str) -> Option<String> {
             .or_else(|| target.strip_prefix("https://"))
             .or_else(|| target.strip_prefix("ws://"))
             .or_else(|| target.strip_prefix("wss://"))?;
+        // The query goes first, as Go parses: `http://h?x/p` has no path.
+        let rest = &rest[..rest.find('?').unwrap_or(rest.len())];
         let slash = rest.find('/')?;
         &rest[slash..]
     };

@@ -22,12 +22,14 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Instant;
 
 use crate::client::{ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM};
 use crate::routes::Route;
 use crate::smux::{self, Cmd, SmuxError};
+use crate::stats::Ticket;
+use crate::stream::Readiness;
 use crate::tunnel;
 use crate::worker::Settings;
 use crate::ws::{self, close_code, OpCode};
@@ -56,6 +58,8 @@ pub enum SessionEnd {
     ClientSmux(SmuxError),
     /// Nothing arrived for [`KEEPALIVE_TIMEOUT`].
     KeepaliveTimeout,
+    /// The controller kicked the user.
+    Kicked,
 }
 
 /// One stream, shared by the session task (which fills its queue) and its stream task.
@@ -101,6 +105,8 @@ struct Session<W> {
     stalled: Cell<bool>,
     route: Arc<Route>,
     settings: Settings,
+    /// The session's place in the counters: bytes, streams, kicks.
+    ticket: Ticket,
 }
 
 impl<W: AsyncWriteRent> Session<W> {
@@ -143,9 +149,10 @@ pub async fn run<R, W>(
     writer: ClientWriter<W>,
     route: Arc<Route>,
     settings: Settings,
+    ticket: Ticket,
 ) -> SessionEnd
 where
-    R: AsyncReadRent,
+    R: AsyncReadRent + Readiness,
     W: AsyncWriteRent + 'static,
 {
     let session = Rc::new(Session {
@@ -158,14 +165,19 @@ where
         stalled: Cell::new(false),
         route,
         settings,
+        ticket,
     });
     let activity = Cell::new(Instant::now());
     let end = {
         let mut read = pin!(read_client(&mut reader, &session, &activity));
         let mut keepalive = pin!(keepalive(&session, &activity));
+        let mut kicked = pin!(session.ticket.kicked());
         poll_fn(|cx| {
             if let Poll::Ready(end) = read.as_mut().poll(cx) {
                 return Poll::Ready(end);
+            }
+            if kicked.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(SessionEnd::Kicked);
             }
             keepalive.as_mut().poll(cx)
         })
@@ -192,6 +204,9 @@ where
                 .send_close(close_code::GOING_AWAY, "keepalive timeout")
                 .await;
         }
+        SessionEnd::Kicked => {
+            let _ = session.writer.send_close(close_code::POLICY, "").await;
+        }
         SessionEnd::ClientClosed | SessionEnd::ClientGone => {}
     }
     session.writer.shutdown().await;
@@ -205,7 +220,7 @@ async fn read_client<R, W>(
     activity: &Cell<Instant>,
 ) -> SessionEnd
 where
-    R: AsyncReadRent,
+    R: AsyncReadRent + Readiness,
     W: AsyncWriteRent + 'static,
 {
     let mut decoder = smux::Decoder::new();
@@ -258,6 +273,7 @@ where
                     wait_for_room(session, &stream).await;
                     if !stream.closed.get() {
                         let bytes = &reader.buf()[base + data.start..base + data.end];
+                        session.ticket.up(bytes.len());
                         stream.queue.borrow_mut().extend_from_slice(bytes);
                         stream.wake_task();
                     }
@@ -324,7 +340,9 @@ enum StreamEnd {
 }
 
 async fn stream_task<W: AsyncWriteRent>(session: Rc<Session<W>>, stream: Rc<Stream>, task: u64) {
+    let counted = session.ticket.stream();
     let end = relay_stream(&session, &stream).await;
+    drop(counted);
     session
         .finish(task, &stream, matches!(end, StreamEnd::Backend))
         .await;
@@ -357,7 +375,7 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
         }
     };
     stream.activity.set(Instant::now());
-    let (dst_read, dst_write) = dst.into_split();
+    let (dst_read, dst_write) = crate::stream::split(dst);
     let mut up = pin!(upload(stream, session, dst_write));
     let mut down = pin!(download(stream, session, dst_read));
     let mut idle = pin!(idle_watch(stream, session.settings.idle_timeout));
@@ -415,19 +433,20 @@ async fn upload<W: AsyncWriteRent, D: AsyncWriteRent>(
     }
 }
 
-/// `dst`'s bytes to the client as PSH frames, each in one binary WebSocket frame.
-async fn download<W: AsyncWriteRent, D: AsyncReadRent>(
+/// `dst`'s bytes to the client as PSH frames, each in one binary WebSocket frame. Once a
+/// read has drained the socket, the next waits for data without holding a buffer.
+async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
     stream: &Stream,
     session: &Session<W>,
     mut dst: D,
 ) {
     let room = HEADER_ROOM + smux::HEADER_LEN;
-    let mut buf: Vec<u8> = Vec::new();
+    let mut drained = false;
     loop {
-        if buf.capacity() < room + FRAME_PAYLOAD {
-            buf = Vec::with_capacity(room + FRAME_PAYLOAD);
+        if drained && dst.wait_readable().await.is_err() {
+            return;
         }
-        buf.clear();
+        let mut buf: Vec<u8> = Vec::with_capacity(room + FRAME_PAYLOAD);
         buf.resize(room, 0);
         let (result, slice) = dst.read(buf.slice_mut(room..room + FRAME_PAYLOAD)).await;
         buf = slice.into_inner();
@@ -435,14 +454,14 @@ async fn download<W: AsyncWriteRent, D: AsyncReadRent>(
             Ok(n) if n > 0 => n,
             _ => return,
         };
+        drained = n < FRAME_PAYLOAD;
         stream.activity.set(Instant::now());
+        session.ticket.down(n);
         let mut header = [0u8; smux::HEADER_LEN];
         // n <= FRAME_PAYLOAD < 65536.
         smux::encode_header(Cmd::Psh, stream.sid, n as u16, &mut header);
         buf[HEADER_ROOM..room].copy_from_slice(&header);
-        let (result, back) = session.writer.send_binary(buf).await;
-        buf = back;
-        if result.is_err() {
+        if session.writer.send_binary(buf).await.0.is_err() {
             return;
         }
     }

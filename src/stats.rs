@@ -14,6 +14,8 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
+use monoio::time::Instant;
+
 /// What kind of connection a [`Ticket`] stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -34,11 +36,43 @@ pub struct UserStats {
     open: RefCell<HashMap<u64, Rc<KickFlag>>>,
 }
 
-/// Set when the connection holding it must close.
-#[derive(Default)]
+/// One open connection as the counters see it: whether it must close (kicked, or idle
+/// past `-timeout`), and when a byte last moved.
 pub struct KickFlag {
     kicked: Cell<bool>,
+    idle: Cell<bool>,
+    /// When a byte last moved either way. Plain tunnels are checked against it by the
+    /// worker's sweeper, so a tunnel needs no timer of its own (a timer entry is 640
+    /// bytes, more than half an idle tunnel's state).
+    activity: Cell<Instant>,
+    /// Whether the sweeper checks this connection (mux sessions time out per stream).
+    swept: bool,
     waker: RefCell<Option<Waker>>,
+}
+
+impl KickFlag {
+    fn new(swept: bool) -> Self {
+        Self {
+            kicked: Cell::new(false),
+            idle: Cell::new(false),
+            activity: Cell::new(Instant::now()),
+            swept,
+            waker: RefCell::new(None),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Why a connection was told to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    Kicked,
+    Idle,
 }
 
 /// One user's totals, as a worker reports them (plain data: it crosses threads).
@@ -170,7 +204,7 @@ impl StatsTable {
         };
         let id = self.next_ticket.get();
         self.next_ticket.set(id + 1);
-        let flag = Rc::new(KickFlag::default());
+        let flag = Rc::new(KickFlag::new(kind == Kind::Plain));
         user.open.borrow_mut().insert(id, Rc::clone(&flag));
         bump(&user.opened, 1);
         match kind {
@@ -251,14 +285,29 @@ impl StatsTable {
             if let Some(user) = users.get(&**path) {
                 for flag in user.open.borrow().values() {
                     flag.kicked.set(true);
-                    if let Some(waker) = flag.waker.borrow_mut().take() {
-                        waker.wake();
-                    }
+                    flag.wake();
                     kicked += 1;
                 }
             }
         }
         kicked
+    }
+}
+
+impl StatsTable {
+    /// Tells every plain tunnel with no bytes either way for `timeout` to close.
+    pub fn sweep(&self, now: Instant, timeout: std::time::Duration) {
+        for user in self.users.borrow().values() {
+            for flag in user.open.borrow().values() {
+                if flag.swept
+                    && !flag.idle.get()
+                    && now.duration_since(flag.activity.get()) >= timeout
+                {
+                    flag.idle.set(true);
+                    flag.wake();
+                }
+            }
+        }
     }
 }
 
@@ -292,11 +341,23 @@ impl Ticket {
         StreamGuard(Rc::clone(&self.metrics))
     }
 
+    /// When a byte last moved; set it whenever one does.
+    pub fn activity(&self) -> &Cell<Instant> {
+        &self.flag.activity
+    }
+
     /// Completes when the connection is kicked.
     pub async fn kicked(&self) {
+        self.closing().await;
+    }
+
+    /// Completes when the connection must close: kicked, or (plain tunnels) idle.
+    pub async fn closing(&self) -> Closing {
         poll_fn(|cx| {
             if self.flag.kicked.get() {
-                Poll::Ready(())
+                Poll::Ready(Closing::Kicked)
+            } else if self.flag.idle.get() {
+                Poll::Ready(Closing::Idle)
             } else {
                 *self.flag.waker.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
@@ -357,6 +418,20 @@ mod tests {
         // Nothing left to report: the entry is forgotten.
         assert!(table.collect(None, true).is_empty());
         assert!(table.users.borrow().is_empty());
+    }
+
+    #[test]
+    fn sweep_marks_only_idle_plain_tunnels() {
+        let table = StatsTable::default();
+        let quiet = table.open("/a", Kind::Plain);
+        let busy = table.open("/a", Kind::Plain);
+        let session = table.open("/a", Kind::MuxSession);
+        let later = Instant::now() + std::time::Duration::from_secs(5);
+        busy.activity().set(later);
+        table.sweep(later, std::time::Duration::from_secs(1));
+        assert!(quiet.flag.idle.get());
+        assert!(!busy.flag.idle.get());
+        assert!(!session.flag.idle.get());
     }
 
     #[test]

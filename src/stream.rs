@@ -2,10 +2,17 @@
 //! rest of the server (TLS, heads, tunnels) is written once, and the listener that yields
 //! them. Bytes that arrived before the stream reached its user (after a PROXY protocol
 //! header) are replayed first. Dispatch is one branch per read or write.
+//!
+//! Also here: read and write halves that can wait for readability without a buffer
+//! ([`Readiness`]). A rent-based read (io_uring) owns its buffer until data comes, so an
+//! idle tunnel would pin one buffer per direction; instead, once a read has drained the
+//! socket, the next one first waits for readiness with no buffer at all.
 
+use std::cell::UnsafeCell;
 use std::fmt;
 use std::io::{self, Cursor};
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo, Split};
@@ -36,7 +43,8 @@ pub enum Transport {
     Unix(UnixStream),
 }
 
-/// A data connection with any bytes already read in front of it.
+/// A data connection with any bytes already read in front of it (for rustls' TLS 1.2
+/// path, which needs monoio's own `Split`).
 pub type DataStream = PrefixedReadIo<Transport, Cursor<Vec<u8>>>;
 
 /// Wraps a transport with bytes to replay first (empty for none).
@@ -46,6 +54,217 @@ pub fn data_stream(transport: Transport, early: Vec<u8>) -> DataStream {
 
 // SAFETY: both variants are `Split` (their reads and writes are independent).
 unsafe impl Split for Transport {}
+
+/// A read side that can wait until data is there without holding a buffer. (Not
+/// "relaxed": with epoll, monoio's cached readiness would report a drained socket as
+/// readable, and the read after it would pin a buffer after all.)
+pub trait Readiness {
+    /// Completes when a read would find data (or EOF, or an error). May complete early:
+    /// the read that follows then simply waits, with its buffer.
+    fn wait_readable(&self) -> impl std::future::Future<Output = io::Result<()>>;
+}
+
+impl Readiness for TcpStream {
+    async fn wait_readable(&self) -> io::Result<()> {
+        self.readable(false).await
+    }
+}
+
+impl Readiness for UnixStream {
+    async fn wait_readable(&self) -> io::Result<()> {
+        self.readable(false).await
+    }
+}
+
+impl Readiness for Transport {
+    async fn wait_readable(&self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.readable(false).await,
+            Transport::Unix(s) => s.readable(false).await,
+        }
+    }
+}
+
+/// rustls' TLS 1.2 path keeps its own buffers; there is nothing to gain by waiting.
+impl<T> Readiness for monoio::io::OwnedReadHalf<T> {
+    async fn wait_readable(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The read half of a stream split by [`split`].
+pub struct ReadHalf<T>(Rc<UnsafeCell<T>>);
+/// The write half of a stream split by [`split`].
+pub struct WriteHalf<T>(Rc<UnsafeCell<T>>);
+
+/// Splits a stream whose reads and writes are independent (TCP, unix sockets) into
+/// halves that can be used at once, like monoio's own split, but whose read half can
+/// also wait for readability.
+pub fn split<T: Split>(stream: T) -> (ReadHalf<T>, WriteHalf<T>) {
+    let shared = Rc::new(UnsafeCell::new(stream));
+    (ReadHalf(Rc::clone(&shared)), WriteHalf(shared))
+}
+
+impl<T: AsyncReadRent> AsyncReadRent for ReadHalf<T> {
+    async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: `T: Split` promises reads and writes do not interfere; only this half
+        // reads, only the other writes, and both live on one thread (Rc).
+        let stream = unsafe { &mut *self.0.get() };
+        stream.read(buf).await
+    }
+
+    async fn readv<B: IoVecBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: as in `read`.
+        let stream = unsafe { &mut *self.0.get() };
+        stream.readv(buf).await
+    }
+}
+
+impl<T: Readiness> Readiness for ReadHalf<T> {
+    async fn wait_readable(&self) -> io::Result<()> {
+        // SAFETY: readiness only looks at the descriptor, which both halves share.
+        let stream = unsafe { &*self.0.get() };
+        stream.wait_readable().await
+    }
+}
+
+impl<T: AsyncWriteRent> AsyncWriteRent for WriteHalf<T> {
+    async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: as in `ReadHalf::read`.
+        let stream = unsafe { &mut *self.0.get() };
+        stream.write(buf).await
+    }
+
+    async fn writev<B: IoVecBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: as in `ReadHalf::read`.
+        let stream = unsafe { &mut *self.0.get() };
+        stream.writev(buf).await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        // SAFETY: as in `ReadHalf::read`.
+        let stream = unsafe { &mut *self.0.get() };
+        stream.flush().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        // SAFETY: as in `ReadHalf::read`.
+        let stream = unsafe { &mut *self.0.get() };
+        stream.shutdown().await
+    }
+}
+
+/// A plain (no TLS) data connection with bytes already read in front of it; its halves
+/// can wait for readability.
+pub struct PlainStream {
+    early: Cursor<Vec<u8>>,
+    transport: Transport,
+}
+
+impl PlainStream {
+    pub fn new(transport: Transport, early: Vec<u8>) -> Self {
+        Self {
+            early: Cursor::new(early),
+            transport,
+        }
+    }
+}
+
+/// Copies replayed bytes into `buf`; `None` once there are none left.
+fn replay<B: IoBufMut>(early: &mut Cursor<Vec<u8>>, buf: &mut B) -> Option<usize> {
+    use std::io::Read;
+    let remaining = early.get_ref().len() as u64 - early.position();
+    if remaining == 0 {
+        return None;
+    }
+    // SAFETY: the buffer's spare room is ours to fill until we hand it back.
+    let out = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
+    let n = early.read(out).unwrap_or(0);
+    unsafe { buf.set_init(n) };
+    if early.position() as usize == early.get_ref().len() {
+        *early = Cursor::new(Vec::new());
+    }
+    Some(n)
+}
+
+impl AsyncReadRent for PlainStream {
+    async fn read<B: IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+        if buf.bytes_total() > 0 {
+            if let Some(n) = replay(&mut self.early, &mut buf) {
+                return (Ok(n), buf);
+            }
+        }
+        self.transport.read(buf).await
+    }
+
+    async fn readv<B: IoVecBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        self.transport.readv(buf).await
+    }
+}
+
+impl AsyncWriteRent for PlainStream {
+    async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        self.transport.write(buf).await
+    }
+
+    async fn writev<B: IoVecBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        self.transport.writev(buf).await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.transport.flush().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.transport.shutdown().await
+    }
+}
+
+impl monoio::io::Splitable for PlainStream {
+    type OwnedRead = PlainReader;
+    type OwnedWrite = WriteHalf<Transport>;
+
+    fn into_split(self) -> (PlainReader, WriteHalf<Transport>) {
+        let (read, write) = split(self.transport);
+        (
+            PlainReader {
+                early: self.early,
+                inner: read,
+            },
+            write,
+        )
+    }
+}
+
+/// The read half of a [`PlainStream`].
+pub struct PlainReader {
+    early: Cursor<Vec<u8>>,
+    inner: ReadHalf<Transport>,
+}
+
+impl AsyncReadRent for PlainReader {
+    async fn read<B: IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+        if buf.bytes_total() > 0 {
+            if let Some(n) = replay(&mut self.early, &mut buf) {
+                return (Ok(n), buf);
+            }
+        }
+        self.inner.read(buf).await
+    }
+
+    async fn readv<B: IoVecBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        self.inner.readv(buf).await
+    }
+}
+
+impl Readiness for PlainReader {
+    async fn wait_readable(&self) -> io::Result<()> {
+        if self.early.position() < self.early.get_ref().len() as u64 {
+            return Ok(());
+        }
+        self.inner.wait_readable().await
+    }
+}
 
 impl AsyncReadRent for Transport {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {

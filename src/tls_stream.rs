@@ -21,14 +21,12 @@ use std::io;
 use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::BufResult;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion, ServerConfig, ServerConnection};
 
-use crate::stream::{self, DataStream, Transport};
+use crate::stream::{self, DataStream, ReadHalf, Readiness, Transport, WriteHalf};
 
 /// Record header: type, legacy version, length.
 const HEADER: usize = 5;
@@ -46,7 +44,9 @@ const CONTENT_ALERT: u8 = 21;
 const CONTENT_HANDSHAKE: u8 = 22;
 const CONTENT_APPLICATION_DATA: u8 = 23;
 
-/// A TLS connection ready for HTTP.
+/// A TLS connection ready for HTTP. Matched at once by the caller, never stored, so
+/// the size of the TLS 1.2 variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Accepted {
     V13(Tls13Stream),
     V12(monoio_rustls::ServerTlsStream<DataStream>),
@@ -152,11 +152,11 @@ pub async fn accept(
     }
     let (rx_seq, rx) = secrets.rx;
     let (tx_seq, tx) = secrets.tx;
-    let (read, write) = transport.into_split();
+    let (read, write) = stream::split(transport);
     Ok(Accepted::V13(Tls13Stream {
         reader: Tls13Reader {
             io: read,
-            keys: RecordKeys::new(rx, rx_seq)?,
+            keys: Box::new(RecordKeys::new(rx, rx_seq)?),
             stash: buf,
             plain: Vec::new(),
             plain_pos: 0,
@@ -164,7 +164,7 @@ pub async fn accept(
         },
         writer: Tls13Writer {
             io: write,
-            keys: RecordKeys::new(tx, tx_seq)?,
+            keys: Box::new(RecordKeys::new(tx, tx_seq)?),
         },
     }))
 }
@@ -262,13 +262,13 @@ impl RecordKeys {
 
 /// A TLS 1.3 connection with our record layer.
 pub struct Tls13Stream {
-    reader: Tls13Reader<OwnedReadHalf<Transport>>,
-    writer: Tls13Writer<OwnedWriteHalf<Transport>>,
+    reader: Tls13Reader<ReadHalf<Transport>>,
+    writer: Tls13Writer<WriteHalf<Transport>>,
 }
 
 impl Splitable for Tls13Stream {
-    type OwnedRead = Tls13Reader<OwnedReadHalf<Transport>>;
-    type OwnedWrite = Tls13Writer<OwnedWriteHalf<Transport>>;
+    type OwnedRead = Tls13Reader<ReadHalf<Transport>>;
+    type OwnedWrite = Tls13Writer<WriteHalf<Transport>>;
 
     fn into_split(self) -> (Self::OwnedRead, Self::OwnedWrite) {
         (self.reader, self.writer)
@@ -306,7 +306,9 @@ impl AsyncWriteRent for Tls13Stream {
 /// The reading half: opens records into the caller's buffers.
 pub struct Tls13Reader<R> {
     io: R,
-    keys: RecordKeys,
+    /// Boxed: a key schedule is several hundred bytes, and the futures that hold a
+    /// stream would each reserve room for it.
+    keys: Box<RecordKeys>,
     /// Ciphertext of a record not yet complete (and, right after the handshake, whatever
     /// followed it). Empty, and without capacity, while the connection is idle.
     stash: Vec<u8>,
@@ -503,10 +505,19 @@ impl<R: AsyncReadRent> AsyncReadRent for Tls13Reader<R> {
     }
 }
 
+impl<R: Readiness> Readiness for Tls13Reader<R> {
+    async fn wait_readable(&self) -> io::Result<()> {
+        if !self.stash.is_empty() || self.plain_pos < self.plain.len() || self.eof {
+            return Ok(());
+        }
+        self.io.wait_readable().await
+    }
+}
+
 /// The writing half: seals each write into records.
 pub struct Tls13Writer<W> {
     io: W,
-    keys: RecordKeys,
+    keys: Box<RecordKeys>,
 }
 
 impl<W: AsyncWriteRent> Tls13Writer<W> {

@@ -25,7 +25,8 @@ use monoio::time::Instant;
 use crate::client::{
     ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM, INITIAL_BUFFER, MAX_BUFFER,
 };
-use crate::stats::Ticket;
+use crate::stats::{Closing, Ticket};
+use crate::stream::{self, Readiness};
 use crate::ws::{self, close_code, OpCode};
 
 /// Bound on dialing a destination, name resolution included.
@@ -85,25 +86,26 @@ pub enum TunnelEnd {
 }
 
 /// Runs a plain tunnel between a client (its frame reader and writer) and a connected
-/// `dst`, until either side ends it, it idles out, or the user is kicked. Bytes are counted
-/// on `ticket`.
+/// `dst`, until either side ends it, it idles out (the worker's sweeper decides, from the
+/// ticket's activity), or the user is kicked. Bytes are counted on `ticket`.
 pub async fn run<R, W>(
-    client: &mut ClientReader<R>,
-    writer: &ClientWriter<W>,
+    mut client: ClientReader<R>,
+    writer: ClientWriter<W>,
     dst: TcpStream,
-    idle_timeout: Duration,
-    ticket: &Ticket,
+    ticket: Ticket,
 ) -> TunnelEnd
 where
-    R: AsyncReadRent,
+    R: AsyncReadRent + Readiness,
     W: AsyncWriteRent,
 {
-    let (dst_read, dst_write) = dst.into_split();
-    let activity = Cell::new(Instant::now());
-    let mut up = pin!(client_to_dst(client, dst_write, writer, &activity, ticket));
-    let mut down = pin!(dst_to_client(dst_read, writer, &activity, ticket));
-    let mut idle = pin!(idle_watch(&activity, idle_timeout));
-    let mut kicked = pin!(ticket.kicked());
+    let (client, writer, ticket) = (&mut client, &writer, &ticket);
+    let (dst_read, dst_write) = stream::split(dst);
+    // The worker's sweeper watches this for `-timeout`: no timer per tunnel.
+    let activity = ticket.activity();
+    activity.set(Instant::now());
+    let mut up = pin!(client_to_dst(client, dst_write, writer, activity, ticket));
+    let mut down = pin!(dst_to_client(dst_read, writer, activity, ticket));
+    let mut closing = pin!(ticket.closing());
 
     let end = poll_fn(|cx| {
         if let Poll::Ready(end) = up.as_mut().poll(cx) {
@@ -112,20 +114,18 @@ where
         if let Poll::Ready(end) = down.as_mut().poll(cx) {
             return Poll::Ready(end);
         }
-        if idle.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(TunnelEnd::Idle);
+        match closing.as_mut().poll(cx) {
+            Poll::Ready(Closing::Idle) => Poll::Ready(TunnelEnd::Idle),
+            Poll::Ready(Closing::Kicked) => Poll::Ready(TunnelEnd::Kicked),
+            Poll::Pending => Poll::Pending,
         }
-        if kicked.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(TunnelEnd::Kicked);
-        }
-        Poll::Pending
     })
     .await;
 
     match end {
         TunnelEnd::BackendClosed => {
             // Our close frame is out: give the client a moment to answer it, then go.
-            let _ = monoio::time::timeout(CLOSE_WAIT, up).await;
+            let _ = Box::pin(monoio::time::timeout(CLOSE_WAIT, up)).await;
         }
         TunnelEnd::Idle => {
             writer.send_close(close_code::GOING_AWAY, "idle").await.ok();
@@ -148,7 +148,7 @@ async fn client_to_dst<R, D, W>(
     ticket: &Ticket,
 ) -> TunnelEnd
 where
-    R: AsyncReadRent,
+    R: AsyncReadRent + Readiness,
     D: AsyncWriteRent,
     W: AsyncWriteRent,
 {
@@ -200,13 +200,18 @@ async fn dst_to_client<D, W>(
     ticket: &Ticket,
 ) -> TunnelEnd
 where
-    D: AsyncReadRent,
+    D: AsyncReadRent + Readiness,
     W: AsyncWriteRent,
 {
     let mut size = INITIAL_BUFFER;
-    let mut buf: Vec<u8> = Vec::with_capacity(HEADER_ROOM + size);
+    // Set when the last read drained the socket: wait for data before taking a buffer.
+    let mut drained = false;
     loop {
-        buf.clear();
+        if drained && dst.wait_readable().await.is_err() {
+            writer.send_close(close_code::INTERNAL_ERROR, "").await.ok();
+            return TunnelEnd::BackendError;
+        }
+        let mut buf: Vec<u8> = Vec::with_capacity(HEADER_ROOM + size);
         buf.resize(HEADER_ROOM, 0);
         let (result, slice) = dst
             .read(buf.slice_mut(HEADER_ROOM..HEADER_ROOM + size))
@@ -225,29 +230,16 @@ where
         };
         activity.set(Instant::now());
         ticket.down(n);
-        let (result, back) = writer.send_binary(buf).await;
-        buf = back;
+        let (result, _) = writer.send_binary(buf).await;
         if result.is_err() {
             return TunnelEnd::ClientGone;
         }
+        drained = n < size;
         if n == size && size < MAX_BUFFER {
             size = (size * 2).min(MAX_BUFFER);
-            buf.reserve_exact(HEADER_ROOM + size - buf.len());
         } else if n < INITIAL_BUFFER / 2 && size > INITIAL_BUFFER {
             size = INITIAL_BUFFER;
-            buf = Vec::with_capacity(HEADER_ROOM + size);
         }
-    }
-}
-
-/// Completes once no byte has moved in either direction for `timeout`.
-async fn idle_watch(activity: &Cell<Instant>, timeout: Duration) {
-    loop {
-        let deadline = activity.get() + timeout;
-        if Instant::now() >= deadline {
-            return;
-        }
-        monoio::time::sleep_until(deadline).await;
     }
 }
 
@@ -259,7 +251,7 @@ pub fn split_client<S>(
 ) -> (ClientReader<S::OwnedRead>, ClientWriter<S::OwnedWrite>)
 where
     S: Splitable,
-    S::OwnedRead: AsyncReadRent,
+    S::OwnedRead: AsyncReadRent + Readiness,
     S::OwnedWrite: AsyncWriteRent,
 {
     let (read, write) = stream.into_split();

@@ -230,6 +230,16 @@ async fn run(spec: WorkerSpec) {
     monoio::spawn(async move {
         broadcast::serve_requests(inbox, index, |request| answering.answer(request)).await
     });
+    // Idle plain tunnels are found by one sweep per worker, not a timer per tunnel.
+    let sweeping = Rc::clone(&worker);
+    monoio::spawn(async move {
+        let timeout = sweeping.settings.idle_timeout;
+        let every = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        loop {
+            monoio::time::sleep(every).await;
+            sweeping.stats.sweep(monoio::time::Instant::now(), timeout);
+        }
+    });
     let active = Rc::new(Active::default());
     {
         let mut stop = pin!(spec.shutdown.wait());

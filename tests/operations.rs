@@ -186,7 +186,7 @@ fn collecting_with_reset_under_traffic_loses_and_repeats_nothing() {
     billed += stats(&server, true)
         .get(&path)
         .map_or(0, |u| u["bytes_up"].as_u64().unwrap());
-    assert!(collections > 3);
+    assert!(collections >= 3);
     assert_eq!(billed, total, "billed over {collections} collections");
 }
 

@@ -1,0 +1,86 @@
+//! Route lookup as the data path does it once per upgrade request, with 10, 100,000 and
+//! 1,000,000 users loaded through `RouteTable::apply(RouteChange::Upsert(..))`.
+//!
+//! Two access patterns: `hot` looks up one path again and again (the table's pure compute
+//! cost), `spread` cycles through 4096 paths drawn at random from all users (the cost when
+//! the entries are not in cache, as with many users connecting). `route_key_and_lookup`
+//! adds the request-target to route-key step of `http::route_key`.
+
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use mtt_mu_server::http;
+use mtt_mu_server::routes::{Route, RouteChange, RouteTable};
+
+const USER_COUNTS: [usize; 3] = [10, 100_000, 1_000_000];
+/// How many distinct paths the `spread` pattern cycles through.
+const SPREAD: usize = 4096;
+
+/// A path shaped like a panel's: a slash and 16 hex digits.
+fn path(i: usize) -> String {
+    format!("/{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// xorshift64*, so the bench needs no extra crate and is repeatable.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+fn table_with(users: usize) -> RouteTable {
+    let routes = (0..users)
+        .map(|i| {
+            Arc::new(Route {
+                path: path(i).into_boxed_str(),
+                dst: format!("127.0.0.1:{}", 1024 + i % 60000).into_boxed_str(),
+            })
+        })
+        .collect();
+    let mut table = RouteTable::new();
+    table.apply(&RouteChange::Upsert(routes));
+    assert_eq!(table.len(), users);
+    table
+}
+
+fn lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_lookup");
+    for users in USER_COUNTS {
+        let table = table_with(users);
+        let hot = path(users / 2);
+        group.bench_with_input(BenchmarkId::new("hot", users), &hot, |b, key| {
+            b.iter(|| table.lookup(black_box(key.as_str())).is_some())
+        });
+
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let keys: Vec<String> = (0..SPREAD)
+            .map(|_| path(next(&mut state) as usize % users))
+            .collect();
+        let mut i = 0;
+        group.bench_with_input(BenchmarkId::new("spread", users), &keys, |b, keys| {
+            b.iter(|| {
+                i = (i + 1) % SPREAD;
+                assert!(table.lookup(black_box(keys[i].as_str())).is_some())
+            })
+        });
+
+        let targets: Vec<String> = keys.iter().map(|k| format!("{k}?ed=2048")).collect();
+        let mut i = 0;
+        group.bench_with_input(
+            BenchmarkId::new("route_key_and_lookup_spread", users),
+            &targets,
+            |b, targets| {
+                b.iter(|| {
+                    i = (i + 1) % SPREAD;
+                    let key = http::route_key(black_box(&targets[i])).expect("valid target");
+                    assert!(table.lookup(&key).is_some())
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookup);
+criterion_main!(benches);

@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# Measures mtt-mu-server against its references in one sitting and prints the table.
+#
+#   tools/bench.sh [all|bulk|tunnels|idle|users|latency|wrk]...   (default: all)
+#
+# Environment: REPS (default 3; medians are taken over them), OUT (results folder, default
+# target/bench/DATE), BULK_BYTES (per single stream, default 1G; 4-stream runs move the same
+# total), TUNNELS (tunnels per run, default 1000), IDLE_COUNTS (default "1000 9000").
+#
+# Targets, all running at once on 127.0.0.1, all relaying to the same `loadgen sink`:
+#   tcp            the sink itself: loopback TCP with no relay (no server CPU)
+#   haproxy        HAProxy, mode tcp, bind ... ssl crt (same certificate), 2 threads pinned
+#   ours-uring     mtt-mu-server, default (io_uring) driver, WSS
+#   ours-epoll     mtt-mu-server with MONOIO_FORCE_LEGACY_DRIVER=1, WSS
+#   .../mux        the same server, one smux session carrying the streams
+# The loopback baseline and HAProxy speak raw TCP / raw TLS through the same load tool.
+# Every ratio in the table is target / haproxy of the same run.
+#
+# Only 127.0.0.1 is used. Every load run is bounded in bytes or count and in time.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+REPS=${REPS:-3}
+BULK_BYTES=${BULK_BYTES:-1G}
+TUNNELS=${TUNNELS:-1000}
+IDLE_COUNTS=${IDLE_COUNTS:-1000 9000}
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+OUT=${OUT:-$ROOT/target/bench/$STAMP}
+mkdir -p "$OUT"
+RESULTS=$OUT/results.jsonl
+STEPS=${*:-all}
+
+SINK_PORTS=(19100 19101 19102 19103)
+URING_DATA=19443 URING_CTL=19080
+EPOLL_DATA=19444 EPOLL_CTL=19081
+HAPROXY_PORT=19445
+USERS_PORT=19600
+
+want() { [[ " $STEPS " == *" all "* || " $STEPS " == *" $1 "* ]]; }
+log() { echo "== $*" >&2; }
+
+# --- tools -----------------------------------------------------------------------------
+need_apt=()
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v openssl >/dev/null || need_apt+=(openssl)
+if ((${#need_apt[@]})); then
+    log "installing ${need_apt[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+log "building (release)"
+cargo build --release -q -p mtt-mu-server -p loadgen
+BIN=$ROOT/target/release
+LOADGEN=$BIN/loadgen
+
+# --- machine ---------------------------------------------------------------------------
+{
+    echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "nproc: $(nproc)"
+    echo "kernel: $(uname -r)"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+    echo "haproxy: $(haproxy -v | head -1)"
+    echo "openssl: $(openssl version)"
+    echo "rustc: $(rustc --version)"
+    echo "open files (soft/hard): $(ulimit -Sn)/$(ulimit -Hn)"
+    echo "reps: $REPS, bulk bytes: $BULK_BYTES, tunnels per run: $TUNNELS"
+} | tee "$OUT/machine.txt" >&2
+
+# --- processes -------------------------------------------------------------------------
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# ECDSA P-256, as the server's own -force-tls certificate; HAProxy gets the same pair.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$OUT/key.pem" -out "$OUT/cert.pem" -days 30 -subj /CN=bench.local \
+    -addext subjectAltName=DNS:bench.local 2>/dev/null
+cat "$OUT/cert.pem" "$OUT/key.pem" >"$OUT/haproxy.pem"
+
+wait_for() { # file pattern
+    for _ in $(seq 200); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "timed out waiting for '$2' in $1:" >&2
+    cat "$1" >&2
+    return 1
+}
+
+sink_args=()
+for p in "${SINK_PORTS[@]}"; do sink_args+=(--listen "127.0.0.1:$p"); done
+"$LOADGEN" sink --threads 2 "${sink_args[@]}" 2>"$OUT/sink.log" &
+PIDS+=($!)
+wait_for "$OUT/sink.log" "ready"
+
+# start_ours NAME DATA CTL [ENV=VALUE...]: sets OURS_PID
+start_ours() {
+    local name=$1 data=$2 ctl=$3
+    shift 3
+    env "$@" "$BIN/mtt-mu-server" -b "127.0.0.1:$data" -c "127.0.0.1:$ctl" \
+        -cert "$OUT/cert.pem" -key "$OUT/key.pem" -timeout 1h 2>"$OUT/$name.log" &
+    OURS_PID=$!
+    PIDS+=("$OURS_PID")
+    wait_for "$OUT/$name.log" "ready:"
+    local users='{"path":"/bench","dst":"127.0.0.1:'${SINK_PORTS[0]}'"}'
+    for i in "${!SINK_PORTS[@]}"; do
+        users+=',{"path":"/bench'$i'","dst":"127.0.0.1:'${SINK_PORTS[$i]}'"}'
+    done
+    curl -sf -X POST -d '{"opt":1,"args_bunch":['"$users"']}' "http://127.0.0.1:$ctl/" >/dev/null
+}
+
+start_haproxy() {
+    {
+        echo "global"
+        echo "    nbthread 2"
+        echo "    cpu-map auto:1/1-2 0-1"
+        echo "    maxconn 9800"
+        echo "defaults"
+        echo "    mode tcp"
+        echo "    timeout connect 10s"
+        echo "    timeout client 1h"
+        echo "    timeout server 1h"
+        echo "frontend tls_in"
+        echo "    bind 127.0.0.1:$HAPROXY_PORT ssl crt $OUT/haproxy.pem"
+        echo "    default_backend sink"
+        echo "backend sink"
+        echo "    balance roundrobin"
+        for i in "${!SINK_PORTS[@]}"; do echo "    server s$i 127.0.0.1:${SINK_PORTS[$i]}"; done
+    } >"$OUT/haproxy.cfg"
+    haproxy -db -f "$OUT/haproxy.cfg" 2>"$OUT/haproxy.log" &
+    HAPROXY_PID=$!
+    PIDS+=("$HAPROXY_PID")
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$HAPROXY_PORT") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "haproxy did not start" >&2
+    cat "$OUT/haproxy.log" >&2
+    return 1
+}
+
+stop() { # pid
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+start_all() {
+    start_ours ours-uring $URING_DATA $URING_CTL
+    URING_PID=$OURS_PID
+    start_ours ours-epoll $EPOLL_DATA $EPOLL_CTL MONOIO_FORCE_LEGACY_DRIVER=1
+    EPOLL_PID=$OURS_PID
+    start_haproxy
+}
+stop_all() {
+    stop "$URING_PID"
+    stop "$EPOLL_PID"
+    stop "$HAPROXY_PID"
+}
+
+LG() { timeout 300 "$LOADGEN" "$@" --record "$RESULTS"; }
+
+# run_targets SUBCOMMAND ARGS...: the same measurement against every relay.
+run_targets() {
+    local cmd=$1
+    shift
+    LG "$cmd" --addr "127.0.0.1:$HAPROXY_PORT" --proto tls --server-pid "$HAPROXY_PID" --target haproxy "$@"
+    LG "$cmd" --addr "127.0.0.1:$URING_DATA" --proto wss --server-pid "$URING_PID" --target ours-uring "$@"
+    LG "$cmd" --addr "127.0.0.1:$EPOLL_DATA" --proto wss --server-pid "$EPOLL_PID" --target ours-epoll "$@"
+}
+
+bulk_size() { # streams -> bytes per stream
+    local n=${BULK_BYTES%[KMG]} scale=1
+    case $BULK_BYTES in
+    *K) scale=1024 ;;
+    *M) scale=1048576 ;;
+    *G) scale=1073741824 ;;
+    esac
+    echo $((n * scale / $1))
+}
+
+start_all
+
+for rep in $(seq "$REPS"); do
+    if want bulk; then
+        log "bulk, run $rep of $REPS"
+        for streams in 1 4; do
+            bytes=$(bulk_size $streams)
+            for dir in up down; do
+                LG bulk --addr "127.0.0.1:${SINK_PORTS[0]}" --proto tcp --target tcp \
+                    --dir $dir --streams $streams --bytes "$bytes"
+                run_targets bulk --dir $dir --streams $streams --bytes "$bytes"
+                LG bulk --addr "127.0.0.1:$URING_DATA" --proto wss --mux --server-pid "$URING_PID" \
+                    --target ours-uring/mux --dir $dir --streams $streams --bytes "$bytes"
+                LG bulk --addr "127.0.0.1:$EPOLL_DATA" --proto wss --mux --server-pid "$EPOLL_PID" \
+                    --target ours-epoll/mux --dir $dir --streams $streams --bytes "$bytes"
+            done
+        done
+    fi
+    if want tunnels; then
+        log "new tunnels, run $rep of $REPS"
+        for conc in 1 16; do
+            run_targets tunnels --count "$TUNNELS" --concurrency $conc --full
+            run_targets tunnels --count "$TUNNELS" --concurrency $conc
+        done
+    fi
+done
+
+if want latency; then
+    log "route change latency (idle, then under a 4-stream download through ours-uring)"
+    LG latency --controller "127.0.0.1:$URING_CTL" --target ours-uring --label ", idle"
+    LG latency --controller "127.0.0.1:$EPOLL_CTL" --target ours-epoll --label ", idle"
+    timeout 120 "$LOADGEN" bulk --addr "127.0.0.1:$URING_DATA" --proto wss --path /bench0 \
+        --dir down --streams 4 --bytes 8G >/dev/null 2>&1 &
+    load=$!
+    sleep 1
+    LG latency --controller "127.0.0.1:$URING_CTL" --target ours-uring --label ", under bulk load"
+    kill "$load" 2>/dev/null || true
+    wait "$load" 2>/dev/null || true
+fi
+
+if want wrk; then
+    log "wrk against the controller of ours-uring"
+    for script in ping add; do
+        timeout 60 wrk -t2 -c16 -d5s -s "tools/wrk/$script.lua" "http://127.0.0.1:$URING_CTL/" \
+            | tee "$OUT/wrk-$script.txt" >&2
+    done
+fi
+
+stop_all
+
+# Memory is measured on fresh processes, so memory freed by earlier runs cannot hide growth.
+if want idle; then
+    for rep in $(seq "$REPS"); do
+        for count in $IDLE_COUNTS; do
+            log "idle $count, run $rep of $REPS"
+            start_all
+            LG idle --count "$count" --paths ${#SINK_PORTS[@]} --path /bench \
+                --addr "127.0.0.1:$HAPROXY_PORT" --proto tls --server-pid "$HAPROXY_PID" --target haproxy
+            LG idle --count "$count" --paths ${#SINK_PORTS[@]} --path /bench \
+                --addr "127.0.0.1:$URING_DATA" --proto wss --server-pid "$URING_PID" --target ours-uring
+            LG idle --count "$count" --paths ${#SINK_PORTS[@]} --path /bench \
+                --addr "127.0.0.1:$EPOLL_DATA" --proto wss --server-pid "$EPOLL_PID" --target ours-epoll
+            stop_all
+        done
+    done
+fi
+
+if want users; then
+    for rep in $(seq "$REPS"); do
+        log "users, run $rep of $REPS"
+        for spec in "100000 1000" "1000000 1000" "1000000 0"; do
+            set -- $spec
+            # Fresh ports each time: the previous server's sockets may linger.
+            USERS_PORT=$((USERS_PORT + 2))
+            start_ours ours-users $USERS_PORT $((USERS_PORT + 1))
+            LG users --controller "127.0.0.1:$((USERS_PORT + 1))" --server-pid "$OURS_PID" \
+                --target ours-uring --count "$1" --per-post "$2"
+            stop "$OURS_PID"
+        done
+    done
+fi
+
+"$LOADGEN" report "$RESULTS" --reference haproxy | tee "$OUT/table.md"
+echo "results: $OUT" >&2
