@@ -60,8 +60,10 @@ pub struct ClientReader<R> {
     /// Bytes read from the client; those before `pos` are consumed.
     buf: Vec<u8>,
     pos: usize,
-    /// The last read filled the buffer: grow it before the next.
-    filled: bool,
+    /// The last read emptied the socket: wait for readiness, bufferless, before the next.
+    drained: bool,
+    /// Data is flowing: read with a larger buffer.
+    flowing: bool,
 }
 
 impl<R: AsyncReadRent + Readiness> ClientReader<R> {
@@ -76,7 +78,8 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
             decoder: ws::Decoder::new(),
             buf,
             pos: 0,
-            filled: false,
+            drained: false,
+            flowing: false,
         }
     }
 
@@ -128,21 +131,25 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
         }
         self.buf.truncate(kept);
         self.pos = 0;
-        if !self.filled && kept == 0 {
+        if self.drained && kept == 0 {
             // The last read drained the socket: wait for more without holding a buffer,
             // so an idle tunnel pins none.
             self.buf = Vec::new();
             if self.inner.wait_readable().await.is_err() {
                 return Err(ReadEnd::Gone);
             }
-            self.buf = Vec::with_capacity(INITIAL_BUFFER);
         }
-        let capacity = self.buf.capacity();
-        if self.filled && capacity < MAX_BUFFER {
-            self.buf.reserve_exact(capacity.min(MAX_BUFFER - capacity));
-        } else if !self.filled && capacity > INITIAL_BUFFER {
-            // Traffic has slowed: give the large buffer back.
-            self.buf.shrink_to(INITIAL_BUFFER.max(kept));
+        // While data flows, read in large gulps (fewer reads here, fewer writes to dst);
+        // when it trickles, go back to a small buffer.
+        let want = if self.flowing {
+            (self.buf.capacity() * 2).clamp(INITIAL_BUFFER, MAX_BUFFER)
+        } else {
+            INITIAL_BUFFER
+        };
+        if self.buf.capacity() < want {
+            self.buf.reserve_exact(want - self.buf.len());
+        } else if self.buf.capacity() > want.max(kept) {
+            self.buf.shrink_to(want.max(kept));
         }
         let start = self.buf.len();
         let end = self.buf.capacity();
@@ -153,7 +160,11 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
             Ok(0) | Err(_) => Err(ReadEnd::Gone),
             Ok(n) => {
                 activity.set(Instant::now());
-                self.filled = n == end - start;
+                let room = end - start;
+                // A TLS reader knows better than the plaintext count whether the socket
+                // had more: it read ciphertext.
+                self.drained = self.inner.drained().unwrap_or(n < room);
+                self.flowing = n > room / 2 || !self.drained;
                 Ok(())
             }
         }

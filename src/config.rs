@@ -67,6 +67,8 @@ pub struct Config {
     pub bind_unix: Option<String>,
     /// -fast-open: TCP Fast Open on the data listener.
     pub fast_open: bool,
+    /// -driver epoll|io_uring: the workers' I/O driver (default epoll).
+    pub io_uring: bool,
     /// -workers N (default: the number of CPUs this process may run on:
     /// std::thread::available_parallelism, at least 1); 1..=1024
     pub workers: usize,
@@ -199,6 +201,9 @@ struct RawArgs {
     /// TCP Fast Open on the data listener
     #[argh(switch)]
     fast_open: bool,
+    /// the workers' I/O driver: epoll or io_uring
+    #[argh(option)]
+    driver: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -258,7 +263,9 @@ const GRACE: usize = 12;
 const FALLBACK: usize = 17;
 const CERT_CHECK: usize = 18;
 
-const FLAGS: [FlagSpec; 22] = [
+const DRIVER: usize = 22;
+
+const FLAGS: [FlagSpec; 23] = [
     FlagSpec::value(&["b", "bind"], "--bind", None),
     FlagSpec::value(&["c", "controller"], "--controller", None),
     FlagSpec::switch(&["mux"], "--mux"),
@@ -281,6 +288,7 @@ const FLAGS: [FlagSpec; 22] = [
     FlagSpec::switch(&["proxy-protocol"], "--proxy-protocol"),
     FlagSpec::value(&["bind-unix"], "--bind-unix", None),
     FlagSpec::switch(&["fast-open"], "--fast-open"),
+    FlagSpec::value(&["driver"], "--driver", None),
 ];
 
 fn check_duration(s: &str) -> Result<(), String> {
@@ -490,6 +498,9 @@ a boolean flag is -flag alone, or -flag=true / -flag=false.
         may be left out
   -fast-open
         TCP Fast Open on the data listener
+  -driver epoll|io_uring
+        the workers' I/O driver; io_uring falls back to epoll where the kernel
+        forbids it (default epoll: it measured cheaper here, see BENCHMARKS.md)
   -grace DURATION
         after SIGTERM or SIGINT, how long open tunnels may finish (default 30s);
         a second signal exits at once
@@ -655,6 +666,16 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         }
     };
     let bind_unix = raw.bind_unix.filter(|s| !s.is_empty());
+    let io_uring = match raw.driver.as_deref() {
+        None | Some("epoll") => false,
+        Some("io_uring") | Some("uring") => true,
+        Some(other) => {
+            return Err(format!(
+                "invalid value {other:?} for flag {}: epoll or io_uring",
+                spelled(settings, DRIVER)
+            ))
+        }
+    };
 
     let secret = match (raw.secret, raw.secret_file) {
         (Some(_), Some(_)) => {
@@ -709,6 +730,7 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         proxy_protocol: raw.proxy_protocol,
         bind_unix,
         fast_open: raw.fast_open,
+        io_uring,
     })
 }
 

@@ -14,7 +14,7 @@ use crate::controller::{Controller, Options};
 use crate::doorbell::Doorbell;
 use crate::state::StateFile;
 use crate::tls;
-use crate::worker::{self, ConnectionLimit, Settings, WorkerSpec};
+use crate::worker::{self, ConnectionLimit, Driver, Settings, WorkerSpec};
 
 /// Threads for name resolution of destinations, shared by all workers.
 const RESOLVER_THREADS: usize = 2;
@@ -234,6 +234,11 @@ pub fn start(config: Config) -> Result<Running, String> {
         grace: config.grace,
         fallback: config.fallback.as_deref().map(Arc::from),
         proxy_protocol: config.proxy_protocol,
+        driver: if config.io_uring {
+            Driver::IoUring
+        } else {
+            Driver::Epoll
+        },
     };
     let max_conns = if config.max_conns == 0 {
         default_max_conns()
@@ -308,8 +313,11 @@ pub fn start(config: Config) -> Result<Running, String> {
         (None, None) => "none".to_string(),
     };
     eprintln!(
-        "mtt-mu-server ready: data={data} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns} users={users}",
-        config.workers, config.mux, config.timeout
+        "mtt-mu-server ready: data={data} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns} users={users} driver={}",
+        config.workers,
+        config.mux,
+        config.timeout,
+        if config.io_uring { "io_uring" } else { "epoll" }
     );
     Ok(Running {
         data_addr,

@@ -62,6 +62,13 @@ pub trait Readiness {
     /// Completes when a read would find data (or EOF, or an error). May complete early:
     /// the read that follows then simply waits, with its buffer.
     fn wait_readable(&self) -> impl std::future::Future<Output = io::Result<()>>;
+
+    /// Whether the last read left the socket empty, when the reader knows better than
+    /// the caller can tell from the byte count (a TLS reader returns less plaintext than
+    /// it read ciphertext). `None`: judge by whether the read filled the buffer.
+    fn drained(&self) -> Option<bool> {
+        None
+    }
 }
 
 impl Readiness for TcpStream {

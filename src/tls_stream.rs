@@ -161,6 +161,7 @@ pub async fn accept(
             plain: Vec::new(),
             plain_pos: 0,
             eof: false,
+            drained: false,
         },
         writer: Tls13Writer {
             io: write,
@@ -317,6 +318,8 @@ pub struct Tls13Reader<R> {
     plain_pos: usize,
     /// The peer sent close_notify.
     eof: bool,
+    /// The last socket read returned less than it had room for.
+    drained: bool,
 }
 
 impl<R: AsyncReadRent> Tls13Reader<R> {
@@ -413,6 +416,7 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
                     Ok(n) => n,
                     Err(e) => return (Err(e), buf),
                 };
+                self.drained = n < total;
                 // SAFETY: the kernel initialised the first `n` bytes.
                 let data = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), n) };
                 match self.open_in_caller(data) {
@@ -440,7 +444,7 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
             self.stash = slice.into_inner();
             match result {
                 Ok(0) => return (Err(io::ErrorKind::UnexpectedEof.into()), buf),
-                Ok(_) => {}
+                Ok(n) => self.drained = n < end - start,
                 Err(e) => return (Err(e), buf),
             }
         }
@@ -511,6 +515,11 @@ impl<R: Readiness> Readiness for Tls13Reader<R> {
             return Ok(());
         }
         self.io.wait_readable().await
+    }
+
+    fn drained(&self) -> Option<bool> {
+        // Bytes already here (a partial record, undelivered plaintext) mean not drained.
+        Some(self.drained && self.stash.is_empty() && self.plain_pos >= self.plain.len())
     }
 }
 

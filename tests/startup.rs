@@ -68,6 +68,7 @@ fn bad_flags_exit_2_naming_the_culprit() {
         (&["-key", "/tmp/x.pem"], "-cert"),
         (&["-workers", "0"], "workers"),
         (&["-timeout"], "timeout"),
+        (&["-driver", "kqueue"], "driver"),
     ];
     for (extra, needle) in cases {
         let mut args = base.to_vec();

@@ -73,6 +73,13 @@ fn tls_12_clients_are_served_too() {
 }
 
 #[test]
+fn bulk_echo_over_tls_with_io_uring() {
+    // epoll is the default driver; io_uring must relay the same bytes.
+    echo_roundtrip(&Server::start(&["-force-tls", "-driver", "io_uring"]));
+    echo_roundtrip(&Server::start(&["-driver", "io_uring"]));
+}
+
+#[test]
 fn bulk_echo_over_plain_tcp() {
     echo_roundtrip(&Server::plain());
 }
@@ -457,7 +464,13 @@ fn deleting_a_user_leaves_its_open_tunnel_working() {
 
 #[test]
 fn idle_tunnel_is_closed_after_timeout() {
-    let server = Server::start(&["-timeout", "1s"]);
+    for driver in ["epoll", "io_uring"] {
+        idle_close(driver);
+    }
+}
+
+fn idle_close(driver: &str) {
+    let server = Server::start(&["-timeout", "1s", "-driver", driver]);
     let path = unique_path("idle");
     server.add(&[(&path, echo_backend())]);
     let mut conn = server.connect();
