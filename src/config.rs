@@ -69,6 +69,8 @@ pub struct Config {
     pub fast_open: bool,
     /// -driver epoll|io_uring: the workers' I/O driver (default epoll).
     pub io_uring: bool,
+    /// -controller-conns N: most concurrent controller connections (default 256).
+    pub controller_conns: usize,
     /// -workers N (default: the number of CPUs this process may run on:
     /// std::thread::available_parallelism, at least 1); 1..=1024
     pub workers: usize,
@@ -204,6 +206,9 @@ struct RawArgs {
     /// the workers' I/O driver: epoll or io_uring
     #[argh(option)]
     driver: Option<String>,
+    /// most concurrent controller connections
+    #[argh(option)]
+    controller_conns: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -265,7 +270,9 @@ const CERT_CHECK: usize = 18;
 
 const DRIVER: usize = 22;
 
-const FLAGS: [FlagSpec; 23] = [
+const CONTROLLER_CONNS: usize = 23;
+
+const FLAGS: [FlagSpec; 24] = [
     FlagSpec::value(&["b", "bind"], "--bind", None),
     FlagSpec::value(&["c", "controller"], "--controller", None),
     FlagSpec::switch(&["mux"], "--mux"),
@@ -289,6 +296,11 @@ const FLAGS: [FlagSpec; 23] = [
     FlagSpec::value(&["bind-unix"], "--bind-unix", None),
     FlagSpec::switch(&["fast-open"], "--fast-open"),
     FlagSpec::value(&["driver"], "--driver", None),
+    FlagSpec::value(
+        &["controller-conns"],
+        "--controller-conns",
+        Some(check_workers),
+    ),
 ];
 
 fn check_duration(s: &str) -> Result<(), String> {
@@ -498,6 +510,8 @@ a boolean flag is -flag alone, or -flag=true / -flag=false.
         may be left out
   -fast-open
         TCP Fast Open on the data listener
+  -controller-conns N
+        most concurrent controller connections; more are closed at once (default 256)
   -driver epoll|io_uring
         the workers' I/O driver; io_uring falls back to epoll where the kernel
         forbids it (default epoll: it measured cheaper here, see BENCHMARKS.md)
@@ -666,6 +680,18 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         }
     };
     let bind_unix = raw.bind_unix.filter(|s| !s.is_empty());
+    let controller_conns = match raw.controller_conns {
+        None => 256,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err(format!(
+                    "invalid value {s:?} for flag {}: at least 1",
+                    spelled(settings, CONTROLLER_CONNS)
+                ))
+            }
+        },
+    };
     let io_uring = match raw.driver.as_deref() {
         None | Some("epoll") => false,
         Some("io_uring") | Some("uring") => true,
@@ -731,6 +757,7 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         bind_unix,
         fast_open: raw.fast_open,
         io_uring,
+        controller_conns,
     })
 }
 

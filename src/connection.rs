@@ -190,7 +190,7 @@ where
             writer,
             dst,
         } => {
-            let ticket = worker.stats.open(&route.path, Kind::Plain);
+            let ticket = worker.stats.open(&route.path, Kind::Plain, peer.addr());
             let end = Box::pin(tunnel::run(reader, writer, dst, ticket)).await;
             log::debug!(
                 "client {peer} path {}: plain tunnel ended: {end:?}",
@@ -198,7 +198,9 @@ where
             );
         }
         Ready::Mux { reader, writer } => {
-            let ticket = worker.stats.open(&route.path, Kind::MuxSession);
+            let ticket = worker
+                .stats
+                .open(&route.path, Kind::MuxSession, peer.addr());
             let settings = worker.settings.clone();
             let end = Box::pin(crate::mux::run(
                 reader,

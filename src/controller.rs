@@ -34,8 +34,6 @@ pub const MAX_BODY: u64 = 2 * 1024 * 1024;
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 /// How long a body may take to arrive once its head has.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most controller connections open at once; more are closed at once. A panel needs one.
-const MAX_CONNECTIONS: usize = 256;
 
 /// Every reply, errors included, carries the three keys of SPEC section 5; the commands
 /// this server adds fill their own extra keys, which old panels ignore.
@@ -287,6 +285,7 @@ fn sum_totals(replies: Vec<Option<WorkerReply>>) -> Vec<UserTotals> {
                 entry.bytes_down += t.bytes_down;
                 entry.tunnels_opened += t.tunnels_opened;
                 entry.tunnels_open += t.tunnels_open;
+                entry.clients.extend(t.clients);
             }
         }
     }
@@ -294,10 +293,13 @@ fn sum_totals(replies: Vec<Option<WorkerReply>>) -> Vec<UserTotals> {
 }
 
 /// Runs the controller on the calling thread until the process ends.
+/// `max_connections` caps the controller connections open at once; more are closed at
+/// once (a panel needs one).
 pub fn run(
     listener: std::net::TcpListener,
     controller: Controller,
     head_timeout: Duration,
+    max_connections: usize,
 ) -> std::io::Result<()> {
     let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
@@ -309,9 +311,9 @@ pub fn run(
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
-                    if open.get() >= MAX_CONNECTIONS {
+                    if open.get() >= max_connections {
                         log::warn!(
-                            "controller {peer}: refused, {MAX_CONNECTIONS} connections open"
+                            "controller {peer}: refused, {max_connections} connections open"
                         );
                         continue;
                     }

@@ -11,6 +11,17 @@
 //! on the client (smux v1 has no per-stream window; the Go client's session budget stalls
 //! the same way). Keepalive as mtt's Go peer expects: a NOP every 30 s, and the session
 //! ends after 70 s in which nothing arrived. Each stream closes after `-timeout` idle.
+//!
+//! What the end-to-end tests against the Go peer (`tests/mux.rs`) taught:
+//! - A frame being written to the client is never cut short (a stream that ends, or the
+//!   session, waits for it): a cancelled write poisons the connection's writer, and every
+//!   stream of the session would be dead.
+//! - After the client's FIN, `dst` gets the queue, then our FIN, and we keep reading
+//!   (dropping) what it sends until it closes or [`LINGER`] passes: closing a socket with
+//!   unread bytes resets it and throws away what was still queued for `dst`. A FINed
+//!   stream finishes this even if the session ends meanwhile.
+//! - A FIN for a stream the client has not written on yet waits (see [`FIN_HOLD`]), or
+//!   xtaci/smux may not know the stream yet and drop it, leaving the stream hanging.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -44,6 +55,21 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(70);
 pub const FRAME_PAYLOAD: usize = 16 * 1024;
 /// Client bytes queued for one stream before the session stops reading the client.
 pub const STREAM_QUEUE: usize = 64 * 1024;
+/// How long an ending session waits for frames already being written (and then for its
+/// close frame and shutdown) before it drops the connection.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// After the client's FIN and our shutdown of `dst`'s sending side, how long we keep
+/// reading (and dropping) what `dst` still sends before closing the socket. Closing a
+/// socket with unread bytes resets the connection, and a reset throws away the bytes
+/// still in our send queue: the client's last bytes would never reach `dst`.
+pub const LINGER: Duration = Duration::from_secs(5);
+/// A FIN for a stream on which the client has sent nothing yet (refused, or its dial
+/// failed) waits until the client sends something on it, or this long after its SYN.
+/// xtaci/smux registers a stream only after its SYN is written, so a FIN that comes back
+/// at once can find no stream and be lost: the client's stream would hang. A PSH from the
+/// client proves the stream is registered (the client writes only once `OpenStream`
+/// returns).
+pub const FIN_HOLD: Duration = Duration::from_secs(1);
 
 /// How a session ended, tagged with the side that ended it.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,11 +99,43 @@ struct Stream {
     closed: Cell<bool>,
     /// When a byte last moved either way, for `-timeout`.
     activity: Cell<Instant>,
+    /// When its SYN arrived.
+    opened: Instant,
+    /// The client has sent a PSH or FIN for it: it knows the stream (see [`FIN_HOLD`]).
+    heard: Cell<bool>,
+    /// A PSH frame of this stream is being written to the client: it must not be cut
+    /// short, or the client's framing (every stream's) breaks.
+    sending: Cell<bool>,
+    /// The relay is ending: `download` sends no further frame.
+    ending: Cell<bool>,
     /// The stream task, to wake when the queue, `fin` or the session changes.
     task: RefCell<Option<Waker>>,
 }
 
 impl Stream {
+    fn new(sid: u32) -> Stream {
+        let now = Instant::now();
+        Stream {
+            sid,
+            queue: RefCell::new(Vec::new()),
+            fin: Cell::new(false),
+            closed: Cell::new(false),
+            activity: Cell::new(now),
+            opened: now,
+            heard: Cell::new(false),
+            sending: Cell::new(false),
+            ending: Cell::new(false),
+            task: RefCell::new(None),
+        }
+    }
+
+    /// Notes that the client sent something for this stream.
+    fn hear(&self) {
+        if !self.heard.replace(true) {
+            self.wake_task();
+        }
+    }
+
     fn wake_task(&self) {
         if let Some(waker) = self.task.borrow_mut().take() {
             waker.wake();
@@ -96,8 +154,15 @@ struct Session<W> {
     tasks: RefCell<HashMap<u64, Rc<Stream>>>,
     /// Numbers the entries of `tasks`.
     next_task: Cell<u64>,
-    /// The session is over: stream tasks return and close their `dst`.
+    /// Streams refused (over [`MAX_STREAMS`]) whose FIN waits for [`FIN_HOLD`].
+    refused: RefCell<HashMap<u32, Rc<Stream>>>,
+    /// The session is over: stream tasks finish a frame they are writing, then return
+    /// and close their `dst`.
     ended: Cell<bool>,
+    /// The session's grace for frames in flight is over too: stream tasks return at once.
+    aborted: Cell<bool>,
+    /// The keepalive task is writing a NOP (which must not be cut short either).
+    nop_sending: Cell<bool>,
     /// The session task while it waits for room in a stream's queue.
     reader: RefCell<Option<Waker>>,
     /// The session task is waiting for a queue to drain: not reading the client is then our
@@ -110,6 +175,14 @@ struct Session<W> {
 }
 
 impl<W: AsyncWriteRent> Session<W> {
+    fn wake_tasks(&self) {
+        let mut tasks: Vec<Rc<Stream>> = self.tasks.borrow().values().cloned().collect();
+        tasks.extend(self.refused.borrow().values().cloned());
+        for stream in tasks {
+            stream.wake_task();
+        }
+    }
+
     fn wake_reader(&self) {
         if let Some(waker) = self.reader.borrow_mut().take() {
             waker.wake();
@@ -160,7 +233,10 @@ where
         streams: RefCell::new(HashMap::new()),
         tasks: RefCell::new(HashMap::new()),
         next_task: Cell::new(0),
+        refused: RefCell::new(HashMap::new()),
         ended: Cell::new(false),
+        aborted: Cell::new(false),
+        nop_sending: Cell::new(false),
         reader: RefCell::new(None),
         stalled: Cell::new(false),
         route,
@@ -172,44 +248,52 @@ where
         let mut read = pin!(read_client(&mut reader, &session, &activity));
         let mut keepalive = pin!(keepalive(&session, &activity));
         let mut kicked = pin!(session.ticket.kicked());
+        let mut end = None;
         poll_fn(|cx| {
-            if let Poll::Ready(end) = read.as_mut().poll(cx) {
-                return Poll::Ready(end);
+            if end.is_none() {
+                if let Poll::Ready(e) = read.as_mut().poll(cx) {
+                    end = Some(e);
+                } else if kicked.as_mut().poll(cx).is_ready() {
+                    end = Some(SessionEnd::Kicked);
+                }
             }
-            if kicked.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(SessionEnd::Kicked);
+            // A NOP being written is finished before the session ends (a frame cut short
+            // would leave the client's framing broken under the close frame).
+            if let Poll::Ready(e) = keepalive.as_mut().poll(cx) {
+                return Poll::Ready(end.take().unwrap_or(e));
             }
-            keepalive.as_mut().poll(cx)
+            match end.take() {
+                Some(e) if session.nop_sending.get() => {
+                    end = Some(e);
+                    Poll::Pending
+                }
+                Some(e) => Poll::Ready(e),
+                None => Poll::Pending,
+            }
         })
         .await
     };
+    // Stream tasks stop; those writing a frame finish it first. Then the close frame, if
+    // any, and the shutdown: all within CLOSE_GRACE, as a client that does not read could
+    // otherwise hold the session forever.
     session.ended.set(true);
-    let tasks: Vec<Rc<Stream>> = session.tasks.borrow().values().cloned().collect();
-    for stream in tasks {
-        stream.wake_task();
-    }
-    match &end {
-        SessionEnd::ClientWebSocket(e) => {
-            let _ = session.writer.send_close(e.close_code(), "").await;
+    session.wake_tasks();
+    let closing = async {
+        let close = match &end {
+            SessionEnd::ClientWebSocket(e) => Some((e.close_code(), "")),
+            SessionEnd::ClientSmux(_) => Some((close_code::PROTOCOL_ERROR, "smux")),
+            SessionEnd::KeepaliveTimeout => Some((close_code::GOING_AWAY, "keepalive timeout")),
+            SessionEnd::Kicked => Some((close_code::POLICY, "")),
+            SessionEnd::ClientClosed | SessionEnd::ClientGone => None,
+        };
+        if let Some((code, reason)) = close {
+            let _ = session.writer.send_close(code, reason).await;
         }
-        SessionEnd::ClientSmux(_) => {
-            let _ = session
-                .writer
-                .send_close(close_code::PROTOCOL_ERROR, "smux")
-                .await;
-        }
-        SessionEnd::KeepaliveTimeout => {
-            let _ = session
-                .writer
-                .send_close(close_code::GOING_AWAY, "keepalive timeout")
-                .await;
-        }
-        SessionEnd::Kicked => {
-            let _ = session.writer.send_close(close_code::POLICY, "").await;
-        }
-        SessionEnd::ClientClosed | SessionEnd::ClientGone => {}
-    }
-    session.writer.shutdown().await;
+        session.writer.shutdown().await;
+    };
+    let _ = monoio::time::timeout(CLOSE_GRACE, closing).await;
+    session.aborted.set(true);
+    session.wake_tasks();
     end
 }
 
@@ -262,14 +346,23 @@ where
                 Some(smux::Event::Syn(sid)) => open_stream(session, sid).await,
                 Some(smux::Event::Fin(sid)) => {
                     if let Some(stream) = session.streams.borrow_mut().remove(&sid) {
+                        stream.heard.set(true);
                         stream.fin.set(true);
                         stream.wake_task();
+                    } else if let Some(stream) = session.refused.borrow().get(&sid) {
+                        stream.hear();
                     }
                 }
                 Some(smux::Event::Data { sid, range: data }) => {
                     let stream = session.streams.borrow().get(&sid).cloned();
                     // Data for a stream that is unknown, refused or closed is dropped.
-                    let Some(stream) = stream else { continue };
+                    let Some(stream) = stream else {
+                        if let Some(refused) = session.refused.borrow().get(&sid) {
+                            refused.hear();
+                        }
+                        continue;
+                    };
+                    stream.hear();
                     wait_for_room(session, &stream).await;
                     if !stream.closed.get() {
                         let bytes = &reader.buf()[base + data.start..base + data.end];
@@ -311,17 +404,20 @@ async fn open_stream<W: AsyncWriteRent + 'static>(session: &Rc<Session<W>>, sid:
             "client path {}: stream {sid} refused: {MAX_STREAMS} streams open",
             session.route.path
         );
-        session.send_frame(Cmd::Fin, sid).await;
+        if session.refused.borrow().contains_key(&sid) {
+            return; // a duplicate SYN
+        }
+        if session.refused.borrow().len() >= MAX_STREAMS {
+            // Too many refusals pending: no more held FINs (their memory is bounded).
+            session.send_frame(Cmd::Fin, sid).await;
+            return;
+        }
+        let stream = Rc::new(Stream::new(sid));
+        session.refused.borrow_mut().insert(sid, Rc::clone(&stream));
+        crate::task::spawn_contained(refuse_task(Rc::clone(session), stream));
         return;
     }
-    let stream = Rc::new(Stream {
-        sid,
-        queue: RefCell::new(Vec::new()),
-        fin: Cell::new(false),
-        closed: Cell::new(false),
-        activity: Cell::new(Instant::now()),
-        task: RefCell::new(None),
-    });
+    let stream = Rc::new(Stream::new(sid));
     let task = session.next_task.get();
     session.next_task.set(task + 1);
     session.streams.borrow_mut().insert(sid, Rc::clone(&stream));
@@ -343,9 +439,34 @@ async fn stream_task<W: AsyncWriteRent>(session: Rc<Session<W>>, stream: Rc<Stre
     let counted = session.ticket.stream();
     let end = relay_stream(&session, &stream).await;
     drop(counted);
-    session
-        .finish(task, &stream, matches!(end, StreamEnd::Backend))
-        .await;
+    let send_fin = matches!(end, StreamEnd::Backend);
+    if send_fin {
+        hold_fin(&session, &stream).await;
+    }
+    session.finish(task, &stream, send_fin).await;
+}
+
+/// Sends the FIN that refuses a stream over [`MAX_STREAMS`], after [`hold_fin`].
+async fn refuse_task<W: AsyncWriteRent>(session: Rc<Session<W>>, stream: Rc<Stream>) {
+    hold_fin(&session, &stream).await;
+    session.refused.borrow_mut().remove(&stream.sid);
+    if !session.ended.get() {
+        session.send_frame(Cmd::Fin, stream.sid).await;
+    }
+}
+
+/// Waits until a FIN for `stream` can be sent safely: the client has sent something on
+/// it, or [`FIN_HOLD`] has passed since its SYN (or the session ended).
+async fn hold_fin<W>(session: &Session<W>, stream: &Stream) {
+    let mut hold = pin!(monoio::time::sleep_until(stream.opened + FIN_HOLD));
+    poll_fn(|cx| {
+        if stream.heard.get() || session.ended.get() {
+            return Poll::Ready(());
+        }
+        *stream.task.borrow_mut() = Some(cx.waker().clone());
+        hold.as_mut().poll(cx)
+    })
+    .await;
 }
 
 async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) -> StreamEnd {
@@ -375,24 +496,69 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
         }
     };
     stream.activity.set(Instant::now());
-    let (dst_read, dst_write) = crate::stream::split(dst);
-    let mut up = pin!(upload(stream, session, dst_write));
-    let mut down = pin!(download(stream, session, dst_read));
-    let mut idle = pin!(idle_watch(stream, session.settings.idle_timeout));
-    poll_fn(|cx| {
-        if session.ended.get() {
-            return Poll::Ready(StreamEnd::Session);
-        }
-        *stream.task.borrow_mut() = Some(cx.waker().clone());
-        if let Poll::Ready(end) = up.as_mut().poll(cx) {
-            return Poll::Ready(end);
-        }
-        if down.as_mut().poll(cx).is_ready() || idle.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(StreamEnd::Backend);
-        }
-        Poll::Pending
-    })
-    .await
+    let (mut dst_read, dst_write) = crate::stream::split(dst);
+    let end = {
+        let mut up = pin!(upload(stream, session, dst_write));
+        let mut down = pin!(download(stream, session, &mut dst_read));
+        let mut idle = pin!(idle_watch(stream, session.settings.idle_timeout));
+        // How the stream ends, once known: `down` may still be writing a frame to the
+        // client, which is finished first. (Dropping it part-way would poison the
+        // connection's writer: every stream of the session would be dead.)
+        let mut end = None;
+        let mut down_done = false;
+        poll_fn(|cx| {
+            // Once the client has FINed, its bytes go to dst (then the FIN) whatever
+            // happens to the session or to dst's sending side; only `-timeout` stops that.
+            let fin = stream.fin.get();
+            if session.aborted.get() && !fin {
+                return Poll::Ready(StreamEnd::Session);
+            }
+            *stream.task.borrow_mut() = Some(cx.waker().clone());
+            if end.is_none() {
+                if session.ended.get() && !fin {
+                    end = Some(StreamEnd::Session);
+                } else if let Poll::Ready(e) = up.as_mut().poll(cx) {
+                    end = Some(e);
+                } else if idle.as_mut().poll(cx).is_ready() {
+                    end = Some(StreamEnd::Backend);
+                }
+                stream.ending.set(end.is_some());
+            }
+            if !down_done && down.as_mut().poll(cx).is_ready() {
+                // dst closed or failed (or the client connection did): the stream ends and
+                // the client gets a FIN, unless it has FINed (then `up` finishes first).
+                down_done = true;
+                if end.is_none() && !fin {
+                    end = Some(StreamEnd::Backend);
+                }
+            }
+            match end.take() {
+                Some(e) if stream.sending.get() => {
+                    end = Some(e);
+                    Poll::Pending
+                }
+                Some(e) => Poll::Ready(e),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    };
+    if matches!(end, StreamEnd::ClientFin) {
+        // dst has our FIN behind the client's bytes: close only once it has closed too
+        // (or LINGER passed), so that the close does not reset the connection.
+        let drain = async {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (result, back) = dst_read.read(buf).await;
+                buf = back;
+                if !matches!(result, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+        };
+        let _ = monoio::time::timeout(LINGER, drain).await;
+    }
+    end
 }
 
 /// The stream's queue to `dst`; on the client's FIN, the rest of the queue, then close.
@@ -438,11 +604,11 @@ async fn upload<W: AsyncWriteRent, D: AsyncWriteRent>(
 async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
     stream: &Stream,
     session: &Session<W>,
-    mut dst: D,
+    dst: &mut D,
 ) {
     let room = HEADER_ROOM + smux::HEADER_LEN;
     let mut drained = false;
-    loop {
+    while !stream.ending.get() {
         if drained && dst.wait_readable().await.is_err() {
             return;
         }
@@ -461,7 +627,10 @@ async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
         // n <= FRAME_PAYLOAD < 65536.
         smux::encode_header(Cmd::Psh, stream.sid, n as u16, &mut header);
         buf[HEADER_ROOM..room].copy_from_slice(&header);
-        if session.writer.send_binary(buf).await.0.is_err() {
+        stream.sending.set(true);
+        let sent = session.writer.send_binary(buf).await.0;
+        stream.sending.set(false);
+        if sent.is_err() {
             return;
         }
     }
@@ -496,7 +665,9 @@ async fn keepalive<W: AsyncWriteRent>(
             activity.set(now);
         }
         if now >= next_nop {
+            session.nop_sending.set(true);
             session.send_frame(Cmd::Nop, 0).await;
+            session.nop_sending.set(false);
             next_nop = now + KEEPALIVE_INTERVAL;
         }
     }

@@ -291,10 +291,16 @@ pub fn start(config: Config) -> Result<Running, String> {
         workers.push(worker::spawn(spec).map_err(|e| format!("starting worker {index}: {e}"))?);
     }
     let head_timeout = config.head_timeout;
+    let controller_conns = config.controller_conns;
     std::thread::Builder::new()
         .name("controller".into())
         .spawn(move || {
-            if let Err(e) = crate::controller::run(controller_listener, controller, head_timeout) {
+            if let Err(e) = crate::controller::run(
+                controller_listener,
+                controller,
+                head_timeout,
+                controller_conns,
+            ) {
                 log::error!("internal: controller: {e}");
                 std::process::exit(1);
             }

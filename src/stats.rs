@@ -47,16 +47,19 @@ pub struct KickFlag {
     activity: Cell<Instant>,
     /// Whether the sweeper checks this connection (mux sessions time out per stream).
     swept: bool,
+    /// The client's address, if it has one (not a unix-socket peer without PROXY).
+    client: Option<std::net::SocketAddr>,
     waker: RefCell<Option<Waker>>,
 }
 
 impl KickFlag {
-    fn new(swept: bool) -> Self {
+    fn new(swept: bool, client: Option<std::net::SocketAddr>) -> Self {
         Self {
             kicked: Cell::new(false),
             idle: Cell::new(false),
             activity: Cell::new(Instant::now()),
             swept,
+            client,
             waker: RefCell::new(None),
         }
     }
@@ -83,6 +86,10 @@ pub struct UserTotals {
     pub bytes_down: u64,
     pub tunnels_opened: u64,
     pub tunnels_open: u64,
+    /// The client addresses of the open tunnels (the real ones, behind a PROXY-protocol
+    /// balancer), so a panel can see where a user connects from.
+    #[serde(default)]
+    pub clients: Vec<String>,
 }
 
 /// The worker-wide counters behind `/metrics`.
@@ -190,7 +197,7 @@ pub struct StatsTable {
 
 impl StatsTable {
     /// Counts a new connection of `path`; it is counted as open until the ticket drops.
-    pub fn open(&self, path: &str, kind: Kind) -> Ticket {
+    pub fn open(&self, path: &str, kind: Kind, client: Option<std::net::SocketAddr>) -> Ticket {
         let user = {
             let mut users = self.users.borrow_mut();
             match users.get(path) {
@@ -204,7 +211,7 @@ impl StatsTable {
         };
         let id = self.next_ticket.get();
         self.next_ticket.set(id + 1);
-        let flag = Rc::new(KickFlag::new(kind == Kind::Plain));
+        let flag = Rc::new(KickFlag::new(kind == Kind::Plain, client));
         user.open.borrow_mut().insert(id, Rc::clone(&flag));
         bump(&user.opened, 1);
         match kind {
@@ -239,6 +246,12 @@ impl StatsTable {
                 bytes_down: user.bytes_down.get(),
                 tunnels_opened: user.opened.get(),
                 tunnels_open: user.open.borrow().len() as u64,
+                clients: user
+                    .open
+                    .borrow()
+                    .values()
+                    .filter_map(|flag| flag.client.map(|a| a.to_string()))
+                    .collect(),
             };
             if reset {
                 user.bytes_up.set(0);
@@ -393,7 +406,7 @@ mod tests {
     #[test]
     fn collect_with_reset_hands_out_each_byte_once() {
         let table = StatsTable::default();
-        let ticket = table.open("/a", Kind::Plain);
+        let ticket = table.open("/a", Kind::Plain, None);
         ticket.up(10);
         ticket.down(7);
         let first = table.collect(None, true);
@@ -423,9 +436,9 @@ mod tests {
     #[test]
     fn sweep_marks_only_idle_plain_tunnels() {
         let table = StatsTable::default();
-        let quiet = table.open("/a", Kind::Plain);
-        let busy = table.open("/a", Kind::Plain);
-        let session = table.open("/a", Kind::MuxSession);
+        let quiet = table.open("/a", Kind::Plain, None);
+        let busy = table.open("/a", Kind::Plain, None);
+        let session = table.open("/a", Kind::MuxSession, None);
         let later = Instant::now() + std::time::Duration::from_secs(5);
         busy.activity().set(later);
         table.sweep(later, std::time::Duration::from_secs(1));
@@ -437,9 +450,9 @@ mod tests {
     #[test]
     fn kick_reaches_every_open_connection_of_the_user() {
         let table = StatsTable::default();
-        let a1 = table.open("/a", Kind::Plain);
-        let a2 = table.open("/a", Kind::MuxSession);
-        let b = table.open("/b", Kind::Plain);
+        let a1 = table.open("/a", Kind::Plain, None);
+        let a2 = table.open("/a", Kind::MuxSession, None);
+        let b = table.open("/b", Kind::Plain, None);
         assert_eq!(table.kick(&["/a".into(), "/zzz".into()]), 2);
         assert!(a1.flag.kicked.get() && a2.flag.kicked.get());
         assert!(!b.flag.kicked.get());

@@ -28,6 +28,16 @@ pub enum Peer {
     Local,
 }
 
+impl Peer {
+    /// The IP address and port, if there is one.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Peer::Ip(addr) => Some(*addr),
+            Peer::Local => None,
+        }
+    }
+}
+
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -304,6 +304,18 @@ fn haproxy_proxy_protocol_v1_and_v2_carry_the_client_address() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The counters show it too: the user's open tunnel comes from the real client.
+        let (_, reply) = server.post(&format!(
+            r#"{{"opt":5,"args_bunch":[{{"path":"{path}"}}]}}"#
+        ));
+        let clients = &reply["users"][0]["clients"];
+        assert!(
+            clients
+                .as_array()
+                .is_some_and(|c| c.contains(&serde_json::json!(client.to_string()))),
+            "{version}: {reply}"
+        );
+        drop(conn);
     }
     // Straight to the server, without the header: refused.
     let mut conn = TcpStream::connect(server.data).unwrap();

@@ -113,6 +113,9 @@ fn counters_match_the_bytes_a_client_moved() {
     assert!(read_data(&mut conn, down.len()) == down);
 
     let user = &stats(&server, true)[&path];
+    // Where the user connects from: the open tunnel's client address.
+    let client = conn.tcp().local_addr().unwrap().to_string();
+    assert_eq!(user["clients"], json!([client]));
     assert_eq!(user["bytes_up"], 123_457);
     assert_eq!(user["bytes_down"], 54_321);
     assert_eq!(user["tunnels_opened"], 1);
@@ -467,4 +470,47 @@ fn state_survives_kill_9_with_every_acknowledged_change() {
         "{stderr}"
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn controller_connections_beyond_the_cap_are_closed() {
+    let server = Server::start(&["-controller-conns", "2"]);
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.controller).unwrap())
+        .collect();
+    // Both held connections are accepted (a ping on each proves it), then a third is
+    // closed without an answer.
+    let mut held = held;
+    for stream in &mut held {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let ping = r#"{"opt":9}"#;
+        stream
+            .write_all(
+                format!(
+                    "POST / HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{ping}",
+                    ping.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(read_response(stream).0, 200);
+    }
+    let mut third = TcpStream::connect(server.controller).unwrap();
+    third.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = third.write_all(b"POST / HTTP/1.1\r\nHost: c\r\nContent-Length: 9\r\n\r\n{\"opt\":9}");
+    let mut buf = [0u8; 16];
+    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)));
+    drop(held);
+    // With the held ones gone, the controller answers again.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, _, _) = http_request(
+            server.controller,
+            "POST / HTTP/1.1\r\nHost: c\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{\"opt\":9}",
+        );
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+    }
 }
