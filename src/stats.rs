@@ -417,7 +417,8 @@ mod tests {
                 bytes_up: 10,
                 bytes_down: 7,
                 tunnels_opened: 1,
-                tunnels_open: 1
+                tunnels_open: 1,
+                clients: Vec::new(),
             }]
         );
         ticket.up(5);
