@@ -232,6 +232,11 @@ impl<W: AsyncWriteRent> ClientWriter<W> {
         .await
     }
 
+    /// Whether a task is writing right now (a frame may be half-sent).
+    pub fn busy(&self) -> bool {
+        self.inner.borrow().is_none()
+    }
+
     /// Whether frames can still be sent.
     pub fn is_open(&self) -> bool {
         !self.close_sent.get() && !self.poisoned.get()

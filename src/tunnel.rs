@@ -31,8 +31,12 @@ use crate::ws::{self, close_code, OpCode};
 
 /// Bound on dialing a destination, name resolution included.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for the client's close frame after ours.
+/// How long to wait for the client's close frame after ours, or for a frame being
+/// written to finish before ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long dst may go on sending (dropped) after the client has gone, before its
+/// connection is closed anyway.
+const LINGER: Duration = Duration::from_secs(5);
 
 /// Connects to `dst` (`IP:PORT` or `HOST:PORT`) within [`DIAL_TIMEOUT`]. Names are
 /// resolved on the runtime's blocking pool so the worker never blocks.
@@ -103,30 +107,53 @@ where
     // The worker's sweeper watches this for `-timeout`: no timer per tunnel.
     let activity = ticket.activity();
     activity.set(Instant::now());
-    let mut up = pin!(client_to_dst(client, dst_write, writer, activity, ticket));
-    let mut down = pin!(dst_to_client(dst_read, writer, activity, ticket));
-    let mut closing = pin!(ticket.closing());
-
-    let end = poll_fn(|cx| {
-        if let Poll::Ready(end) = up.as_mut().poll(cx) {
-            return Poll::Ready(end);
+    let wind = Wind::default();
+    let end = {
+        let mut up = pin!(client_to_dst(client, dst_write, writer, activity, ticket));
+        let mut down = pin!(dst_to_client(dst_read, writer, activity, ticket, &wind));
+        let mut closing = pin!(ticket.closing());
+        let end = poll_fn(|cx| {
+            if let Poll::Ready(end) = up.as_mut().poll(cx) {
+                return Poll::Ready(end);
+            }
+            if let Poll::Ready(end) = down.as_mut().poll(cx) {
+                return Poll::Ready(end);
+            }
+            match closing.as_mut().poll(cx) {
+                Poll::Ready(Closing::Idle) => Poll::Ready(TunnelEnd::Idle),
+                Poll::Ready(Closing::Kicked) => Poll::Ready(TunnelEnd::Kicked),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match end {
+            TunnelEnd::BackendClosed => {
+                // Our close frame is out: give the client a moment to answer it, then go.
+                let _ = Box::pin(monoio::time::timeout(CLOSE_WAIT, up)).await;
+            }
+            TunnelEnd::ClientClosed | TunnelEnd::ClientGone | TunnelEnd::ClientProtocol(_) => {
+                // Our write side to dst is shut after the client's last byte. Closing the
+                // socket while dst still sends would reset it and could throw away what dst
+                // has not yet read of ours: read and drop until dst closes (bounded).
+                // The client is done: end its connection now, then linger on dst.
+                wind.discard.set(true);
+                writer.shutdown().await;
+                let _ = Box::pin(monoio::time::timeout(LINGER, down)).await;
+            }
+            TunnelEnd::Idle | TunnelEnd::Kicked => {
+                // A frame half-written to the client must be finished before a close frame
+                // can follow it; wait for that (bounded: the client may not be reading).
+                wind.stop.set(true);
+                if writer.busy() {
+                    let _ = Box::pin(monoio::time::timeout(CLOSE_WAIT, down)).await;
+                }
+            }
+            TunnelEnd::BackendError => {}
         }
-        if let Poll::Ready(end) = down.as_mut().poll(cx) {
-            return Poll::Ready(end);
-        }
-        match closing.as_mut().poll(cx) {
-            Poll::Ready(Closing::Idle) => Poll::Ready(TunnelEnd::Idle),
-            Poll::Ready(Closing::Kicked) => Poll::Ready(TunnelEnd::Kicked),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await;
-
+        end
+    };
+    // Both directions are dropped by now: the writer is ours alone.
     match end {
-        TunnelEnd::BackendClosed => {
-            // Our close frame is out: give the client a moment to answer it, then go.
-            let _ = Box::pin(monoio::time::timeout(CLOSE_WAIT, up)).await;
-        }
         TunnelEnd::Idle => {
             writer.send_close(close_code::GOING_AWAY, "idle").await.ok();
         }
@@ -137,6 +164,15 @@ where
     }
     writer.shutdown().await;
     end
+}
+
+/// How the dst-to-client direction behaves once the tunnel is ending.
+#[derive(Default)]
+struct Wind {
+    /// Stop before reading (or sending) anything more.
+    stop: Cell<bool>,
+    /// Keep reading dst, but drop what comes: the client has gone.
+    discard: Cell<bool>,
 }
 
 /// Client frames to `dst`: each payload slice is written from the read buffer as it comes.
@@ -198,6 +234,7 @@ async fn dst_to_client<D, W>(
     writer: &ClientWriter<W>,
     activity: &Cell<Instant>,
     ticket: &Ticket,
+    wind: &Wind,
 ) -> TunnelEnd
 where
     D: AsyncReadRent + Readiness,
@@ -207,6 +244,9 @@ where
     // Set when the last read drained the socket: wait for data before taking a buffer.
     let mut drained = false;
     loop {
+        if wind.stop.get() {
+            return TunnelEnd::Idle;
+        }
         if drained && dst.wait_readable().await.is_err() {
             writer.send_close(close_code::INTERNAL_ERROR, "").await.ok();
             return TunnelEnd::BackendError;
@@ -228,13 +268,16 @@ where
                 return TunnelEnd::BackendError;
             }
         };
+        drained = n < size;
+        if wind.discard.get() {
+            continue;
+        }
         activity.set(Instant::now());
         ticket.down(n);
         let (result, _) = writer.send_binary(buf).await;
         if result.is_err() {
             return TunnelEnd::ClientGone;
         }
-        drained = n < size;
         if n == size && size < MAX_BUFFER {
             size = (size * 2).min(MAX_BUFFER);
         } else if n < INITIAL_BUFFER / 2 && size > INITIAL_BUFFER {

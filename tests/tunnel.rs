@@ -533,3 +533,81 @@ fn silent_connection_is_closed_by_the_head_deadline() {
         "{waited:?}"
     );
 }
+
+#[test]
+fn client_close_delivers_every_byte_to_a_dst_that_is_still_sending() {
+    let server = Server::plain();
+    for round in 0..3u64 {
+        let got = std::sync::Arc::new(std::sync::Mutex::new(0usize));
+        let counter = std::sync::Arc::clone(&got);
+        // A slow reader that echoes everything: when the client's close arrives, dst still
+        // has bytes of ours to read and is still sending.
+        let addr = backend(move |mut stream| {
+            let mut buf = vec![0u8; 16384];
+            let mut echo = true;
+            loop {
+                std::thread::sleep(Duration::from_millis(2));
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        *counter.lock().unwrap() += n;
+                        if echo && stream.write_all(&buf[..n]).is_err() {
+                            echo = false;
+                        }
+                    }
+                }
+            }
+        });
+        let path = unique_path("linger");
+        server.add(&[(&path, addr)]);
+        let mut conn = server.connect();
+        assert_eq!(raw_upgrade(&mut conn, &path, "").0, 101);
+        let data = pattern(4 << 20, round);
+        let mut frames = Vec::new();
+        for chunk in data.chunks(65536) {
+            frames.extend(masked_frame(true, 0x2, chunk));
+        }
+        frames.extend(masked_frame(true, 0x8, &[0x03, 0xe8]));
+        let mut write_half = conn.tcp().try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = write_half.write_all(&frames);
+        });
+        let mut sink = Vec::new();
+        let _ = conn.tcp().try_clone().unwrap().read_to_end(&mut sink);
+        writer.join().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while *got.lock().unwrap() < data.len() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(*got.lock().unwrap(), data.len(), "round {round}");
+    }
+}
+
+#[test]
+fn idle_tunnel_whose_client_stopped_reading_is_still_closed() {
+    let server = Server::start(&["-timeout", "1s"]);
+    let addr = backend(|mut stream| {
+        let junk = vec![7u8; 65536];
+        while stream.write_all(&junk).is_ok() {}
+    });
+    let path = unique_path("flood");
+    server.add(&[(&path, addr)]);
+    let mut conn = server.connect();
+    assert_eq!(raw_upgrade(&mut conn, &path, "").0, 101);
+    // The client reads nothing: the server's frame to it blocks half-written, nothing
+    // moves, and the tunnel goes idle. It must still end.
+    std::thread::sleep(Duration::from_secs(4));
+    conn.tcp()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("still open {:?} later: {e}", start.elapsed()),
+        }
+    }
+}

@@ -13,24 +13,52 @@
 //	          the echo back concurrently and comparing it byte by byte.
 //	refuse    (mux) start K echo streams, then open stream K+1: it must read EOF
 //	          with no data within -refuse-wait (a FIN from the server); the K
-//	          streams must still complete.
+//	          streams must still complete, and then (the K closed) a fresh
+//	          stream must complete an echo of N bytes.
 //	halfclose (mux) like echo, but stream 0 writes N/2 bytes and closes at once
 //	          (a client FIN with echo data still in flight; it reads meanwhile,
 //	          as a stream that never read would stall the whole Go v1 session);
 //	          then a fresh stream must complete an echo of N bytes.
+//	upload    (mux) each of K streams writes N bytes and closes at once (a
+//	          client FIN), reading and dropping whatever comes back meanwhile
+//	          (for a dst that sends while it reads: the test checks at dst that
+//	          every byte arrived). streams_ok counts streams whose writes all
+//	          succeeded. Then it prints "uploaded" on stderr and holds the session
+//	          open as stall does (closing it at once could reset the connection
+//	          with bytes still on their way: the kernel does that to a socket
+//	          closed with unread bytes).
+//	serverclose (mux) like echo, but a stream may end early with an EOF from
+//	          the server (its dst closed, or it timed out): it counts in
+//	          streams_closed_by_server if the bytes before the EOF were right;
+//	          then a fresh stream must complete an echo of N bytes.
+//	retry     (mux) open a stream and echo N bytes on it; while the stream
+//	          gets EOF with no data (a FIN: dst unreachable), count it in
+//	          streams_refused and try a new stream 50 ms later, until one
+//	          completes its echo (streams_ok) or -timeout.
 //	stall     stream/connection 0 writes N bytes and does not read until its
 //	          writes make no progress for -stall-detect (write_blocked=true) or
 //	          all are written; it waits -hold more (measure the server's memory
 //	          now), then reads and verifies the whole echo. In mux mode streams
 //	          1..K-1 run echo meanwhile (they stall too: Go smux v1 has only a
 //	          session-wide receive budget).
+//	push      (mux) stream 0 writes N bytes and expects nothing back (a dst
+//	          that does not read): blocked detection as in stall, wait -hold,
+//	          then close the session. ok unless a write failed before that.
 //	badver    (mux) send a SYN then a frame with version 2; the server must end
 //	          the connection (ok = it did, within -timeout).
 //	badcmd    (mux) the same with cmd -badcmd (default 4, UPD: version 2 only;
 //	          note Go smux 1.5.16 itself accepts UPD in a v1 session).
 //
 // -idle D sleeps after set-up (streams opened) and before transferring: use it
-// to exercise keepalives (NOPs) and idle timeouts.
+// to exercise keepalives (NOPs) and idle timeouts. -read-delay D (echo and
+// serverclose, mux) lets the streams write at once but read only after D: the
+// whole session stalls meanwhile (Go smux v1 stops reading the connection once
+// its receive budget is spent).
+//
+// stall and push print "blocked N" on stderr when writes stop making progress
+// (N bytes written), upload prints "uploaded" when its streams are done. With
+// -hold-stdin the hold then ends when stdin reaches EOF (or after -hold,
+// whichever is first): the caller can measure while it lasts.
 //
 // Build: tests/gopeer/build.sh OUT (GOPATH mode against Debian's Go packages).
 package main
@@ -64,7 +92,7 @@ var (
 	proto       = flag.String("proto", "smux_off", "offered subprotocols: smux_on, smux_off, a comma list, or none")
 	expect      = flag.String("expect", "auto", "expected selected subprotocol: auto (per SPEC 4.2), any, none, smux_on, smux_off")
 	defMux      = flag.Bool("mux", false, "use smux when the server selects no subprotocol (the server's -mux)")
-	mode        = flag.String("mode", "echo", "echo, refuse, halfclose, stall, badver, badcmd")
+	mode        = flag.String("mode", "echo", "echo, refuse, halfclose, upload, serverclose, retry, stall, push, badver, badcmd")
 	streams     = flag.Int("streams", 1, "streams (mux) or connections (plain)")
 	nbytes      = flag.Int64("bytes", 1<<20, "bytes to send (and verify) per stream")
 	chunk       = flag.Int("chunk", 16384, "bytes per write (plain: one WebSocket message per write)")
@@ -72,9 +100,11 @@ var (
 	seed        = flag.Uint64("seed", 1, "seed of the pseudo-random data")
 	timeout     = flag.Duration("timeout", 30*time.Second, "overall deadline; exceeding it fails the run")
 	idle        = flag.Duration("idle", 0, "sleep after set-up, before transferring")
+	readDelay   = flag.Duration("read-delay", 0, "echo, serverclose (mux): streams write at once but start reading only after this")
 	refuseWait  = flag.Duration("refuse-wait", 5*time.Second, "refuse: how long the extra stream may take to see EOF")
 	stallDetect = flag.Duration("stall-detect", time.Second, "stall: no write progress for this long = blocked")
-	hold        = flag.Duration("hold", 3*time.Second, "stall: how long to keep not reading once blocked")
+	hold        = flag.Duration("hold", 3*time.Second, "stall, push, upload: how long to hold (not reading, or the session open)")
+	holdStdin   = flag.Bool("hold-stdin", false, "stall, push, upload: end the hold early when stdin reaches EOF")
 	badCmd      = flag.Uint("badcmd", 4, "badcmd: the cmd byte to send (with an 8-byte payload)")
 )
 
@@ -87,7 +117,8 @@ type result struct {
 	StreamsOK      int64   `json:"streams_ok"`
 	StreamsRefused int64   `json:"streams_refused"` // EOF before any byte came back
 	StreamsFailed  int64   `json:"streams_failed"`
-	StreamsClosed  int64   `json:"streams_closed_early"` // halfclose: closed by us mid-transfer
+	StreamsClosed  int64   `json:"streams_closed_early"`     // halfclose: closed by us mid-transfer
+	ServerClosed   int64   `json:"streams_closed_by_server"` // serverclose: EOF before all bytes came back
 	BytesVerified  int64   `json:"bytes_verified"`
 	StallWritten   int64   `json:"stall_bytes_written"` // stall: bytes written when writes blocked
 	WriteBlocked   bool    `json:"write_blocked"`
@@ -244,23 +275,81 @@ func stall(p io.ReadWriter, id int) {
 	var written int64
 	gate, done := make(chan struct{}), make(chan struct{})
 	go func() { record(echo(p, id, *nbytes, gate, &written)); close(done) }()
+	waitBlocked(&written)
+	holdOn()
+	close(gate)
+	<-done
+}
+
+// waitBlocked polls *written until all -bytes are written or it has not moved
+// for -stall-detect (write_blocked, and "blocked N" on stderr); it records
+// stall_bytes_written.
+func waitBlocked(written *int64) {
 	last, since := int64(-1), time.Now()
 	for {
 		time.Sleep(20 * time.Millisecond)
-		w := atomic.LoadInt64(&written)
+		w := atomic.LoadInt64(written)
 		if w >= *nbytes {
 			break
 		} else if w != last {
 			last, since = w, time.Now()
 		} else if time.Since(since) >= *stallDetect {
+			errMu.Lock()
 			res.WriteBlocked = true
+			errMu.Unlock()
+			fmt.Fprintf(os.Stderr, "blocked %d\n", w)
 			break
 		}
 	}
-	atomic.StoreInt64(&res.StallWritten, atomic.LoadInt64(&written))
-	time.Sleep(*hold)
-	close(gate)
-	<-done
+	atomic.StoreInt64(&res.StallWritten, atomic.LoadInt64(written))
+}
+
+// holdOn waits -hold, or with -hold-stdin until stdin ends if that is sooner.
+func holdOn() {
+	if !*holdStdin {
+		time.Sleep(*hold)
+		return
+	}
+	eof := make(chan struct{})
+	go func() { io.Copy(io.Discard, os.Stdin); close(eof) }()
+	select {
+	case <-eof:
+	case <-time.After(*hold):
+	}
+}
+
+// push runs the push mode on st, then closes the session.
+func push(sess *smux.Session, st *smux.Stream) {
+	var written, closing int64
+	go func() {
+		err := send(st, 0, *nbytes, &written)
+		if err != nil && atomic.LoadInt64(&closing) == 0 {
+			setErr(err)
+		}
+	}()
+	waitBlocked(&written)
+	holdOn()
+	atomic.StoreInt64(&closing, 1)
+	sess.Close() // also ends writes still blocked
+}
+
+// retry runs the retry mode on sess.
+func retry(sess *smux.Session) {
+	for id := 0; ; id++ {
+		st, err := sess.OpenStream()
+		if err != nil {
+			fail(fmt.Errorf("open stream %d: %v", id, err))
+		}
+		v, err := echo(st, id, *nbytes, nil, nil)
+		st.Close()
+		if errors.Is(err, errRefused) {
+			atomic.AddInt64(&res.StreamsRefused, 1)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		record(v, err)
+		return
+	}
 }
 
 // wsPipe turns a WebSocket into a byte stream: Write sends one binary
@@ -454,6 +543,12 @@ func runMux(c *websocket.Conn) {
 	if err != nil {
 		fail(err)
 	}
+	if *mode == "retry" {
+		xferStart = time.Now()
+		retry(sess)
+		sess.Close()
+		return
+	}
 	var sts []*smux.Stream
 	for i := 0; i < *streams; i++ { // opened in order: ids 3, 5, 7, ...
 		st, err := sess.OpenStream()
@@ -464,6 +559,15 @@ func runMux(c *websocket.Conn) {
 	}
 	time.Sleep(*idle)
 	xferStart = time.Now()
+	var readGate chan struct{} // echo, serverclose: readers start after -read-delay
+	if *readDelay > 0 {
+		readGate = make(chan struct{})
+		time.AfterFunc(*readDelay, func() { close(readGate) })
+	}
+	if *mode == "push" {
+		push(sess, sts[0])
+		return
+	}
 	var wg sync.WaitGroup
 	run := func(i int, f func()) { wg.Add(1); go func() { defer wg.Done(); f(); sts[i].Close() }() }
 	for i := range sts {
@@ -484,8 +588,28 @@ func runMux(c *websocket.Conn) {
 				}
 				atomic.AddInt64(&res.StreamsClosed, 1)
 			})
+		case *mode == "upload":
+			run(i, func() {
+				go io.Copy(io.Discard, sts[i]) // ends at our Close
+				if err := send(sts[i], i, *nbytes, nil); err != nil {
+					atomic.AddInt64(&res.StreamsFailed, 1)
+					setErr(err)
+					return
+				}
+				atomic.AddInt64(&res.StreamsOK, 1)
+			})
+		case *mode == "serverclose":
+			run(i, func() {
+				v, err := echo(sts[i], i, *nbytes, readGate, nil)
+				if errors.Is(err, errRefused) || errors.Is(err, io.EOF) {
+					atomic.AddInt64(&res.BytesVerified, v)
+					atomic.AddInt64(&res.ServerClosed, 1)
+					return
+				}
+				record(v, err)
+			})
 		default:
-			run(i, func() { record(echo(sts[i], i, *nbytes, nil, nil)) })
+			run(i, func() { record(echo(sts[i], i, *nbytes, readGate, nil)) })
 		}
 	}
 	if *mode == "refuse" { // one more than allowed: must see EOF and no data
@@ -504,10 +628,14 @@ func runMux(c *websocket.Conn) {
 		x.Close()
 	}
 	wg.Wait()
-	if *mode == "halfclose" { // the session must still work
+	if *mode == "upload" {
+		fmt.Fprintln(os.Stderr, "uploaded")
+		holdOn()
+	}
+	if *mode != "echo" && *mode != "stall" && *mode != "upload" { // the session must still work
 		st, err := sess.OpenStream()
 		if err != nil {
-			fail(fmt.Errorf("open stream after halfclose: %v", err))
+			fail(fmt.Errorf("open stream after %s: %v", *mode, err))
 		}
 		record(echo(st, *streams, *nbytes, nil, nil))
 		st.Close()
@@ -521,7 +649,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "gopeer: need -chunk in 1..1048573, -streams >= 1, -bytes >= 1")
 		os.Exit(2)
 	}
-	if !strings.Contains(" echo refuse halfclose stall badver badcmd ", " "+*mode+" ") {
+	if !strings.Contains(" echo refuse halfclose upload serverclose retry stall push badver badcmd ", " "+*mode+" ") {
 		fmt.Fprintf(os.Stderr, "gopeer: unknown -mode %q\n", *mode)
 		os.Exit(2)
 	}
