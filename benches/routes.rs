@@ -32,10 +32,10 @@ fn next(state: &mut u64) -> u64 {
 fn table_with(users: usize) -> RouteTable {
     let routes = (0..users)
         .map(|i| {
-            Arc::new(Route {
-                path: path(i).into_boxed_str(),
-                dst: format!("127.0.0.1:{}", 1024 + i % 60000).into_boxed_str(),
-            })
+            Arc::new(Route::new(
+                &path(i),
+                &format!("127.0.0.1:{}", 1024 + i % 60000),
+            ))
         })
         .collect();
     let mut table = RouteTable::new();

@@ -190,17 +190,17 @@ where
             writer,
             dst,
         } => {
-            let ticket = worker.stats.open(&route.path, Kind::Plain, peer.addr());
+            let ticket = worker.stats.open(route.path(), Kind::Plain, peer.addr());
             let end = Box::pin(tunnel::run(reader, writer, dst, ticket)).await;
             log::debug!(
                 "client {peer} path {}: plain tunnel ended: {end:?}",
-                route.path
+                route.path()
             );
         }
         Ready::Mux { reader, writer } => {
             let ticket = worker
                 .stats
-                .open(&route.path, Kind::MuxSession, peer.addr());
+                .open(route.path(), Kind::MuxSession, peer.addr());
             let settings = worker.settings.clone();
             let end = Box::pin(crate::mux::run(
                 reader,
@@ -212,7 +212,7 @@ where
             .await;
             log::debug!(
                 "client {peer} path {}: mux session ended: {end:?}",
-                route.path
+                route.path()
             );
         }
     }
@@ -274,7 +274,7 @@ where
                 worker.stats.metrics.refuse(Refusal::BadUpgrade);
                 log::debug!(
                     "client {peer} path {}: not a valid upgrade: {status}",
-                    route.path
+                    route.path()
                 )
             }),
         };
@@ -335,15 +335,15 @@ where
     drop(head);
     let dst = match mode {
         Mode::Mux => None,
-        Mode::Plain => match tunnel::dial(&route.dst).await {
+        Mode::Plain => match tunnel::dial(route.dst()).await {
             Ok(dst) => Some(dst),
             Err(e) => {
                 let failures = &worker.stats.metrics.dial_failures;
                 failures.set(failures.get() + 1);
                 log::error!(
                     "backend {} for path {}: dial failed: {e} (client {peer})",
-                    route.dst,
-                    route.path
+                    route.dst(),
+                    route.path()
                 );
                 let page = http::error_page(502, "", false, true);
                 let _ = stream.write_all(page).await;
@@ -360,8 +360,8 @@ where
         Some(dst) => {
             log::debug!(
                 "client {peer} path {}: plain tunnel to {} open",
-                route.path,
-                route.dst
+                route.path(),
+                route.dst()
             );
             Some(Ready::Plain {
                 reader,
@@ -370,7 +370,7 @@ where
             })
         }
         None => {
-            log::debug!("client {peer} path {}: mux session open", route.path);
+            log::debug!("client {peer} path {}: mux session open", route.path());
             Some(Ready::Mux { reader, writer })
         }
     }

@@ -84,10 +84,7 @@ pub struct Controller {
 }
 
 fn route(path: String, dst: String) -> Arc<Route> {
-    Arc::new(Route {
-        path: path.into_boxed_str(),
-        dst: dst.into_boxed_str(),
-    })
+    Arc::new(Route::new(&path, &dst))
 }
 
 fn boxed(paths: Vec<String>) -> Vec<Box<str>> {
@@ -153,7 +150,7 @@ impl Controller {
                 let mut upsert = Vec::new();
                 for (path, dst) in users {
                     match self.table.lookup(&path) {
-                        Some(existing) if *existing.dst == *dst => {}
+                        Some(existing) if existing.dst() == dst => {}
                         Some(_) => {
                             changed += 1;
                             upsert.push(route(path.clone(), dst));
@@ -172,8 +169,8 @@ impl Controller {
                 let remove: Vec<Box<str>> = self
                     .table
                     .iter()
-                    .filter(|r| !wanted.contains(&*r.path))
-                    .map(|r| r.path.clone())
+                    .filter(|r| !wanted.contains(r.path()))
+                    .map(|r| r.path().into())
                     .collect();
                 reply.added = Some(added);
                 reply.changed = Some(changed);

@@ -408,7 +408,7 @@ async fn open_stream<W: AsyncWriteRent + 'static>(session: &Rc<Session<W>>, sid:
     if session.streams.borrow().len() >= MAX_STREAMS {
         log::debug!(
             "client path {}: stream {sid} refused: {MAX_STREAMS} streams open",
-            session.route.path
+            session.route.path()
         );
         if session.refused.borrow().contains_key(&sid) {
             return; // a duplicate SYN
@@ -478,7 +478,7 @@ async fn hold_fin<W>(session: &Session<W>, stream: &Stream) {
 async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) -> StreamEnd {
     let route = &session.route;
     let dst = {
-        let mut dial = pin!(tunnel::dial(&route.dst));
+        let mut dial = pin!(tunnel::dial(route.dst()));
         let dialed = poll_fn(|cx| {
             if session.ended.get() {
                 return Poll::Ready(None);
@@ -493,8 +493,8 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
             Some(Err(e)) => {
                 log::error!(
                     "backend {} for path {}: dial failed: {e} (mux stream {})",
-                    route.dst,
-                    route.path,
+                    route.dst(),
+                    route.path(),
                     stream.sid
                 );
                 return StreamEnd::Backend;

@@ -13,13 +13,37 @@ use std::sync::Arc;
 
 /// One user: the request path that selects it and the `HOST:PORT` its tunnels go to.
 /// Shared by `Arc` between the controller's table and every worker's copy, so a user costs
-/// one allocation whatever the number of workers.
+/// the same whatever the number of workers; path and destination share one allocation.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Route {
-    /// The request path, compared exactly with the percent-decoded path of a request.
-    pub path: Box<str>,
-    /// The destination, `HOST:PORT`, validated by the controller.
-    pub dst: Box<str>,
+    /// The path followed by the destination.
+    text: Box<str>,
+    /// Where the path ends in `text`.
+    path_len: u32,
+}
+
+impl Route {
+    /// A route for `path` (compared exactly with the percent-decoded path of a request)
+    /// to `dst` (`HOST:PORT`, validated by the controller).
+    pub fn new(path: &str, dst: &str) -> Self {
+        let mut text = String::with_capacity(path.len() + dst.len());
+        text.push_str(path);
+        text.push_str(dst);
+        Self {
+            text: text.into_boxed_str(),
+            // Paths come from request heads of at most 16 KiB or controller bodies of
+            // at most 2 MiB: always far below 4 GiB.
+            path_len: path.len() as u32,
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.text[..self.path_len as usize]
+    }
+
+    pub fn dst(&self) -> &str {
+        &self.text[self.path_len as usize..]
+    }
 }
 
 /// A set entry keyed by the route's path, so a set of routes is looked up by `&str`.
@@ -28,18 +52,18 @@ struct ByPath(Arc<Route>);
 
 impl PartialEq for ByPath {
     fn eq(&self, other: &Self) -> bool {
-        self.0.path == other.0.path
+        self.0.path() == other.0.path()
     }
 }
 impl Eq for ByPath {}
 impl Hash for ByPath {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.path.hash(state)
+        self.0.path().hash(state)
     }
 }
 impl Borrow<str> for ByPath {
     fn borrow(&self) -> &str {
-        &self.0.path
+        self.0.path()
     }
 }
 
@@ -127,10 +151,7 @@ mod tests {
     use super::*;
 
     fn route(path: &str, dst: &str) -> Arc<Route> {
-        Arc::new(Route {
-            path: path.into(),
-            dst: dst.into(),
-        })
+        Arc::new(Route::new(path, dst))
     }
 
     #[test]
@@ -142,9 +163,9 @@ mod tests {
             route("/a", "127.0.0.1:3"),
         ]));
         assert_eq!(table.len(), 2);
-        assert_eq!(&*table.lookup("/a").unwrap().dst, "127.0.0.1:3");
+        assert_eq!(table.lookup("/a").unwrap().dst(), "127.0.0.1:3");
         table.apply(&RouteChange::Upsert(vec![route("/b", "127.0.0.1:4")]));
-        assert_eq!(&*table.lookup("/b").unwrap().dst, "127.0.0.1:4");
+        assert_eq!(table.lookup("/b").unwrap().dst(), "127.0.0.1:4");
         assert_eq!(table.len(), 2);
     }
 

@@ -40,7 +40,7 @@ impl Record {
         let pairs = |routes: &[std::sync::Arc<crate::routes::Route>]| {
             routes
                 .iter()
-                .map(|r| (r.path.to_string(), r.dst.to_string()))
+                .map(|r| (r.path().to_string(), r.dst().to_string()))
                 .collect()
         };
         match change {
@@ -158,7 +158,7 @@ impl StateFile {
     pub fn compact_if_large(&mut self, table: &RouteTable) -> io::Result<()> {
         let estimate: u64 = table
             .iter()
-            .map(|r| r.path.len() as u64 + r.dst.len() as u64 + 8)
+            .map(|r| r.path().len() as u64 + r.dst().len() as u64 + 8)
             .sum::<u64>()
             + 16;
         if self.log_bytes < COMPACT_MIN.max(estimate * COMPACT_RATIO) {
@@ -166,7 +166,7 @@ impl StateFile {
         }
         let users: Vec<(String, String)> = table
             .iter()
-            .map(|r| (r.path.to_string(), r.dst.to_string()))
+            .map(|r| (r.path().to_string(), r.dst().to_string()))
             .collect();
         self.file = write_snapshot(&self.path, &users)?;
         self.log_bytes = self.file.metadata()?.len();
@@ -212,10 +212,7 @@ mod tests {
     }
 
     fn route(p: &str, d: &str) -> Arc<Route> {
-        Arc::new(Route {
-            path: p.into(),
-            dst: d.into(),
-        })
+        Arc::new(Route::new(p, d))
     }
 
     fn sorted(mut users: Vec<(String, String)>) -> Vec<(String, String)> {
