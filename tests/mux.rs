@@ -721,7 +721,9 @@ fn dst_closing_one_stream_gives_fin_and_the_session_goes_on() {
     assert!(int(&r, "fins_received") >= 1, "{r}");
     // Every byte dst sent before closing reached the client, then the FIN.
     assert_eq!(int(&r, "bytes_verified"), (4 * 4 * MIB + 256 * 1024) as i64);
-    assert_eq!(int(&r, "ws_close_code"), 0, "the session was not closed");
+    // The session outlived the closed stream: the fresh stream above ran on it. (The
+    // peer may or may not have read the server's answer to its own final close frame
+    // before it reported, so ws_close_code is 0 or 1000 and says nothing here.)
     // And the server closed that dst connection (as all others) once the stream ended.
     let conns = dst.wait_all_closed(5);
     assert!(conns[0].received <= 4 * MIB, "{:?}", conns[0]);
@@ -1082,7 +1084,9 @@ fn streams_timing_out_while_the_client_is_not_reading_leave_the_session_intact()
     assert_eq!(int(&r, "streams_closed_by_server"), 2, "{r}");
     assert_eq!(int(&r, "streams_ok"), 1, "the fresh stream");
     assert!(int(&r, "fins_received") >= 2, "{r}");
-    assert_eq!(int(&r, "ws_close_code"), 0, "the session was not closed");
+    // The session outlived the closed stream: the fresh stream above ran on it. (The
+    // peer may or may not have read the server's answer to its own final close frame
+    // before it reported, so ws_close_code is 0 or 1000 and says nothing here.)
 }
 
 /// The server sends a NOP every 30 s: a session idle for 32 s receives at least one and
