@@ -81,17 +81,8 @@ pub fn worker_link() -> (WorkerLink, WorkerInbox) {
 /// Sends `request` to every worker and returns their answers, indexed by worker, once all
 /// have answered; a worker that is gone has no answer.
 pub fn ask_all(workers: &[WorkerLink], request: Request) -> Vec<Option<Reply>> {
-    let request = Arc::new(request);
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(workers.len());
-    for worker in workers {
-        let envelope = Envelope {
-            request: Arc::clone(&request),
-            reply: reply_tx.clone(),
-        };
-        if worker.requests.send(envelope).is_ok() {
-            worker.doorbell.ring();
-        }
-    }
+    send_all(workers, request, &reply_tx);
     // With our own sender gone, `recv` fails once every worker has answered or dropped
     // its envelope.
     drop(reply_tx);
@@ -107,12 +98,17 @@ pub fn ask_all(workers: &[WorkerLink], request: Request) -> Vec<Option<Reply>> {
 /// Sends `request` to every worker without waiting for answers (for workers that have not
 /// started yet: they answer queued requests before accepting connections).
 pub fn tell_all(workers: &[WorkerLink], request: Request) {
-    let request = Arc::new(request);
     let (reply_tx, _) = crossbeam_channel::bounded(workers.len());
+    send_all(workers, request, &reply_tx);
+}
+
+/// Queues `request` for every worker, with `reply` for its answer, and rings its bell.
+fn send_all(workers: &[WorkerLink], request: Request, reply: &Sender<(usize, Reply)>) {
+    let request = Arc::new(request);
     for worker in workers {
         let envelope = Envelope {
             request: Arc::clone(&request),
-            reply: reply_tx.clone(),
+            reply: reply.clone(),
         };
         if worker.requests.send(envelope).is_ok() {
             worker.doorbell.ring();

@@ -100,27 +100,33 @@ impl Running {
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and every thread it starts
 /// later, so that only [`wait_signal`] receives them.
 fn block_signals() {
-    // SAFETY: sigset operations on a stack value we own; pthread_sigmask on this thread.
+    let set = handled_signals();
+    // SAFETY: pthread_sigmask on this thread with a set we own.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP.
+fn handled_signals() -> libc::sigset_t {
+    // SAFETY: sigset operations on a value we own; an all-zero sigset_t is valid input
+    // to sigemptyset.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
     }
 }
 
 /// Waits for SIGINT, SIGTERM or SIGHUP (blocked by [`block_signals`]), at most `timeout`
 /// if given.
 fn wait_signal(timeout: Option<Duration>) -> Option<i32> {
-    // SAFETY: as above; sigtimedwait reads the set and a timespec we own.
+    let set = handled_signals();
+    // SAFETY: sigwaitinfo/sigtimedwait read the set and a timespec we own.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
         loop {
             let signal = match timeout {
                 None => libc::sigwaitinfo(&set, std::ptr::null_mut()),
