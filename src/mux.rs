@@ -41,6 +41,7 @@ use crate::routes::Route;
 use crate::smux::{self, Cmd, SmuxError};
 use crate::stats::Ticket;
 use crate::stream::Readiness;
+use crate::task::Budget;
 use crate::tunnel;
 use crate::worker::Settings;
 use crate::ws::{self, close_code, OpCode};
@@ -314,6 +315,7 @@ where
     W: AsyncWriteRent + 'static,
 {
     let mut decoder = smux::Decoder::new();
+    let budget = Budget::default();
     loop {
         let range = match reader.next(activity).await {
             Ok(Incoming::Data(range)) => range,
@@ -372,9 +374,11 @@ where
                     wait_for_room(session, &stream).await;
                     if !stream.closed.get() {
                         let bytes = &reader.buf()[base + data.start..base + data.end];
-                        session.ticket.up(bytes.len());
+                        let len = bytes.len();
+                        session.ticket.up(len);
                         stream.queue.borrow_mut().extend_from_slice(bytes);
                         stream.wake_task();
+                        budget.spend(len).await;
                     }
                 }
             }
@@ -576,6 +580,7 @@ async fn upload<W: AsyncWriteRent, D: AsyncWriteRent>(
     mut dst: D,
 ) -> StreamEnd {
     let mut spare = Vec::new();
+    let budget = Budget::default();
     loop {
         // Woken by the session (more bytes, FIN) through `stream.task`.
         poll_fn(|_| {
@@ -596,6 +601,7 @@ async fn upload<W: AsyncWriteRent, D: AsyncWriteRent>(
         if result.is_err() {
             return StreamEnd::Backend;
         }
+        budget.spend(data.len()).await;
         stream.activity.set(Instant::now());
         data.clear();
         // Keep a buffer for next time only if it is not a large one.
@@ -614,6 +620,7 @@ async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
     session: &Session<W>,
     dst: &mut D,
 ) {
+    let budget = Budget::default();
     let room = HEADER_ROOM + smux::HEADER_LEN;
     let mut drained = false;
     while !stream.ending.get() {
@@ -638,6 +645,7 @@ async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
         stream.sending.set(true);
         let sent = session.writer.send_binary(buf).await.0;
         stream.sending.set(false);
+        budget.spend(n).await;
         if sent.is_err() {
             return;
         }

@@ -27,6 +27,7 @@ use crate::client::{
 };
 use crate::stats::{Closing, Ticket};
 use crate::stream::{self, Readiness};
+use crate::task::Budget;
 use crate::ws::{self, close_code, OpCode};
 
 /// Bound on dialing a destination, name resolution included.
@@ -188,10 +189,12 @@ where
     D: AsyncWriteRent,
     W: AsyncWriteRent,
 {
+    let budget = Budget::default();
     loop {
         match client.next(activity).await {
             Ok(Incoming::Data(range)) => {
-                ticket.up(range.len());
+                let len = range.len();
+                ticket.up(len);
                 let buf = std::mem::take(client.buf_mut());
                 let (result, slice) = dst.write_all(buf.slice(range)).await;
                 *client.buf_mut() = slice.into_inner();
@@ -199,6 +202,7 @@ where
                     writer.send_close(close_code::INTERNAL_ERROR, "").await.ok();
                     return TunnelEnd::BackendError;
                 }
+                budget.spend(len).await;
             }
             Ok(Incoming::Ping) => {
                 let pong = client.control_payload().to_vec();
@@ -240,6 +244,7 @@ where
     D: AsyncReadRent + Readiness,
     W: AsyncWriteRent,
 {
+    let budget = Budget::default();
     let mut size = INITIAL_BUFFER;
     // Set when the last read drained the socket: wait for data before taking a buffer.
     let mut drained = false;
@@ -278,6 +283,7 @@ where
         if result.is_err() {
             return TunnelEnd::ClientGone;
         }
+        budget.spend(n).await;
         if n == size && size < MAX_BUFFER {
             size = (size * 2).min(MAX_BUFFER);
         } else if n < INITIAL_BUFFER / 2 && size > INITIAL_BUFFER {

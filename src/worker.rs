@@ -250,6 +250,8 @@ async fn run(spec: WorkerSpec) {
     monoio::spawn(async move {
         broadcast::serve_requests(inbox, index, |request| answering.answer(request)).await
     });
+    // Busy relays yield through this (see task::Budget).
+    monoio::spawn(crate::task::yield_pump());
     // Idle plain tunnels are found by one sweep per worker, not a timer per tunnel.
     let sweeping = Rc::clone(&worker);
     monoio::spawn(async move {

@@ -10,8 +10,9 @@
 # Targets, all running at once on 127.0.0.1, all relaying to the same `loadgen sink`:
 #   tcp            the sink itself: loopback TCP with no relay (no server CPU)
 #   haproxy        HAProxy, mode tcp, bind ... ssl crt (same certificate), 2 threads pinned
-#   ours-uring     mtt-mu-server, default (io_uring) driver, WSS
-#   ours-epoll     mtt-mu-server with MONOIO_FORCE_LEGACY_DRIVER=1, WSS
+#   ours-epoll     mtt-mu-server -driver epoll (the default driver), WSS
+#   ours-uring     mtt-mu-server -driver io_uring, WSS (the log's ready line must say
+#                  driver=io_uring; MONOIO_FORCE_LEGACY_DRIVER is cleared for it)
 #   .../mux        the same server, one smux session carrying the streams
 # The loopback baseline and HAProxy speak raw TCP / raw TLS through the same load tool.
 # Every ratio in the table is target / haproxy of the same run.
@@ -32,8 +33,8 @@ RESULTS=$OUT/results.jsonl
 STEPS=${*:-all}
 
 SINK_PORTS=(19100 19101 19102 19103)
-URING_DATA=19443 URING_CTL=19080
-EPOLL_DATA=19444 EPOLL_CTL=19081
+URING_DATA=19443 URING_CTL=19280
+EPOLL_DATA=19444 EPOLL_CTL=19281
 HAPROXY_PORT=19445
 USERS_PORT=19600
 
@@ -98,15 +99,32 @@ for p in "${SINK_PORTS[@]}"; do sink_args+=(--listen "127.0.0.1:$p"); done
 PIDS+=($!)
 wait_for "$OUT/sink.log" "ready"
 
-# start_ours NAME DATA CTL [ENV=VALUE...]: sets OURS_PID
+# start_ours NAME DATA CTL DRIVER [SERVER FLAG...]: sets OURS_PID
 start_ours() {
-    local name=$1 data=$2 ctl=$3
-    shift 3
-    env "$@" "$BIN/mtt-mu-server" -b "127.0.0.1:$data" -c "127.0.0.1:$ctl" \
-        -cert "$OUT/cert.pem" -key "$OUT/key.pem" -timeout 1h 2>"$OUT/$name.log" &
+    local name=$1 data=$2 ctl=$3 driver=$4
+    shift 4
+    env -u MONOIO_FORCE_LEGACY_DRIVER "$BIN/mtt-mu-server" -b "127.0.0.1:$data" \
+        -c "127.0.0.1:$ctl" -cert "$OUT/cert.pem" -key "$OUT/key.pem" -timeout 1h \
+        -driver "$driver" "$@" 2>"$OUT/$name.log" &
     OURS_PID=$!
     PIDS+=("$OURS_PID")
     wait_for "$OUT/$name.log" "ready:"
+    # stderr is unbuffered: the ready line may arrive in pieces. Wait for its end.
+    for _ in $(seq 50); do
+        [[ -z $(tail -c1 "$OUT/$name.log") ]] && break
+        sleep 0.1
+    done
+    if ! grep -q "driver=$driver" "$OUT/$name.log"; then
+        echo "$name: asked for -driver $driver, the server says:" >&2
+        grep "ready:" "$OUT/$name.log" >&2
+        return 1
+    fi
+    # -driver io_uring falls back to epoll silently where the kernel forbids io_uring:
+    # check that the process really holds io_uring instances.
+    if [[ $driver == io_uring ]] && ! ls -l "/proc/$OURS_PID/fd" | grep -q 'io_uring'; then
+        echo "$name: -driver io_uring but no io_uring fd in /proc/$OURS_PID/fd (fell back?)" >&2
+        return 1
+    fi
     local users='{"path":"/bench","dst":"127.0.0.1:'${SINK_PORTS[0]}'"}'
     for i in "${!SINK_PORTS[@]}"; do
         users+=',{"path":"/bench'$i'","dst":"127.0.0.1:'${SINK_PORTS[$i]}'"}'
@@ -149,16 +167,25 @@ stop() { # pid
     wait "$1" 2>/dev/null || true
 }
 
+# Each start_all listens on fresh ports: once (14:02 UTC, 2026-11-25) a restarted server could
+# not bind the controller port its predecessor had just released (EADDRINUSE, although the
+# listener sets SO_REUSEADDR and the old process had been waited for); cause not found.
+STARTS=0
 start_all() {
-    start_ours ours-uring $URING_DATA $URING_CTL
-    URING_PID=$OURS_PID
-    start_ours ours-epoll $EPOLL_DATA $EPOLL_CTL MONOIO_FORCE_LEGACY_DRIVER=1
+    local shift=$((STARTS * 10))
+    STARTS=$((STARTS + 1))
+    URING_DATA=$((19443 + shift)) URING_CTL=$((19280 + shift))
+    EPOLL_DATA=$((19444 + shift)) EPOLL_CTL=$((19281 + shift))
+    HAPROXY_PORT=$((19445 + shift))
+    start_ours ours-epoll $EPOLL_DATA $EPOLL_CTL epoll
     EPOLL_PID=$OURS_PID
+    start_ours ours-uring $URING_DATA $URING_CTL io_uring
+    URING_PID=$OURS_PID
     start_haproxy
 }
 stop_all() {
-    stop "$URING_PID"
     stop "$EPOLL_PID"
+    stop "$URING_PID"
     stop "$HAPROXY_PID"
 }
 
@@ -169,8 +196,8 @@ run_targets() {
     local cmd=$1
     shift
     LG "$cmd" --addr "127.0.0.1:$HAPROXY_PORT" --proto tls --server-pid "$HAPROXY_PID" --target haproxy "$@"
-    LG "$cmd" --addr "127.0.0.1:$URING_DATA" --proto wss --server-pid "$URING_PID" --target ours-uring "$@"
     LG "$cmd" --addr "127.0.0.1:$EPOLL_DATA" --proto wss --server-pid "$EPOLL_PID" --target ours-epoll "$@"
+    LG "$cmd" --addr "127.0.0.1:$URING_DATA" --proto wss --server-pid "$URING_PID" --target ours-uring "$@"
 }
 
 bulk_size() { # streams -> bytes per stream
@@ -194,10 +221,10 @@ for rep in $(seq "$REPS"); do
                 LG bulk --addr "127.0.0.1:${SINK_PORTS[0]}" --proto tcp --target tcp \
                     --dir $dir --streams $streams --bytes "$bytes"
                 run_targets bulk --dir $dir --streams $streams --bytes "$bytes"
-                LG bulk --addr "127.0.0.1:$URING_DATA" --proto wss --mux --server-pid "$URING_PID" \
-                    --target ours-uring/mux --dir $dir --streams $streams --bytes "$bytes"
                 LG bulk --addr "127.0.0.1:$EPOLL_DATA" --proto wss --mux --server-pid "$EPOLL_PID" \
                     --target ours-epoll/mux --dir $dir --streams $streams --bytes "$bytes"
+                LG bulk --addr "127.0.0.1:$URING_DATA" --proto wss --mux --server-pid "$URING_PID" \
+                    --target ours-uring/mux --dir $dir --streams $streams --bytes "$bytes"
             done
         done
     fi
@@ -211,22 +238,27 @@ for rep in $(seq "$REPS"); do
 done
 
 if want latency; then
-    log "route change latency (idle, then under a 4-stream download through ours-uring)"
-    LG latency --controller "127.0.0.1:$URING_CTL" --target ours-uring --label ", idle"
-    LG latency --controller "127.0.0.1:$EPOLL_CTL" --target ours-epoll --label ", idle"
-    timeout 120 "$LOADGEN" bulk --addr "127.0.0.1:$URING_DATA" --proto wss --path /bench0 \
-        --dir down --streams 4 --bytes 8G >/dev/null 2>&1 &
-    load=$!
-    sleep 1
-    LG latency --controller "127.0.0.1:$URING_CTL" --target ours-uring --label ", under bulk load"
-    kill "$load" 2>/dev/null || true
-    wait "$load" 2>/dev/null || true
+    log "route change latency (idle, then under a 4-stream download through the same server)"
+    for t in "ours-epoll $EPOLL_CTL $EPOLL_DATA" "ours-uring $URING_CTL $URING_DATA"; do
+        set -- $t
+        LG latency --controller "127.0.0.1:$2" --target "$1" --label ", idle"
+    done
+    for t in "ours-epoll $EPOLL_CTL $EPOLL_DATA" "ours-uring $URING_CTL $URING_DATA"; do
+        set -- $t
+        timeout 120 "$LOADGEN" bulk --addr "127.0.0.1:$3" --proto wss --path /bench0 \
+            --dir down --streams 4 --bytes 8G >/dev/null 2>&1 &
+        load=$!
+        sleep 1
+        LG latency --controller "127.0.0.1:$2" --target "$1" --label ", under bulk load"
+        kill "$load" 2>/dev/null || true
+        wait "$load" 2>/dev/null || true
+    done
 fi
 
 if want wrk; then
-    log "wrk against the controller of ours-uring"
+    log "wrk against the controller of ours-epoll (the default driver)"
     for script in ping add; do
-        timeout 60 wrk -t2 -c16 -d5s -s "tools/wrk/$script.lua" "http://127.0.0.1:$URING_CTL/" \
+        timeout 60 wrk -t2 -c16 -d5s -s "tools/wrk/$script.lua" "http://127.0.0.1:$EPOLL_CTL/" \
             | tee "$OUT/wrk-$script.txt" >&2
     done
 fi
@@ -242,9 +274,9 @@ if want idle; then
             LG idle --count "$count" --paths ${#SINK_PORTS[@]} --path /bench \
                 --addr "127.0.0.1:$HAPROXY_PORT" --proto tls --server-pid "$HAPROXY_PID" --target haproxy
             LG idle --count "$count" --paths ${#SINK_PORTS[@]} --path /bench \
-                --addr "127.0.0.1:$URING_DATA" --proto wss --server-pid "$URING_PID" --target ours-uring
-            LG idle --count "$count" --paths ${#SINK_PORTS[@]} --path /bench \
                 --addr "127.0.0.1:$EPOLL_DATA" --proto wss --server-pid "$EPOLL_PID" --target ours-epoll
+            LG idle --count "$count" --paths ${#SINK_PORTS[@]} --path /bench \
+                --addr "127.0.0.1:$URING_DATA" --proto wss --server-pid "$URING_PID" --target ours-uring
             stop_all
         done
     done
@@ -257,9 +289,9 @@ if want users; then
             set -- $spec
             # Fresh ports each time: the previous server's sockets may linger.
             USERS_PORT=$((USERS_PORT + 2))
-            start_ours ours-users $USERS_PORT $((USERS_PORT + 1))
+            start_ours ours-users $USERS_PORT $((USERS_PORT + 1)) epoll
             LG users --controller "127.0.0.1:$((USERS_PORT + 1))" --server-pid "$OURS_PID" \
-                --target ours-uring --count "$1" --per-post "$2"
+                --target ours-epoll --count "$1" --per-post "$2"
             stop "$OURS_PID"
         done
     done
