@@ -67,7 +67,7 @@ pub struct Config {
     pub bind_unix: Option<String>,
     /// -fast-open: TCP Fast Open on the data listener.
     pub fast_open: bool,
-    /// -driver epoll|io_uring: the workers' I/O driver (default epoll).
+    /// -driver io_uring|epoll: the workers' I/O driver (default io_uring).
     pub io_uring: bool,
     /// -controller-conns N: most concurrent controller connections (default 256).
     pub controller_conns: usize,
@@ -512,9 +512,10 @@ a boolean flag is -flag alone, or -flag=true / -flag=false.
         TCP Fast Open on the data listener
   -controller-conns N
         most concurrent controller connections; more are closed at once (default 256)
-  -driver epoll|io_uring
+  -driver io_uring|epoll
         the workers' I/O driver; io_uring falls back to epoll where the kernel
-        forbids it (default epoll: it measured cheaper here, see BENCHMARKS.md)
+        forbids it (default io_uring: far lower latency beside heavy traffic,
+        epoll a little less CPU per byte; see BENCHMARKS.md)
   -grace DURATION
         after SIGTERM or SIGINT, how long open tunnels may finish (default 30s);
         a second signal exits at once
@@ -693,8 +694,8 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
         },
     };
     let io_uring = match raw.driver.as_deref() {
-        None | Some("epoll") => false,
-        Some("io_uring") | Some("uring") => true,
+        Some("epoll") => false,
+        None | Some("io_uring") | Some("uring") => true,
         Some(other) => {
             return Err(format!(
                 "invalid value {other:?} for flag {}: epoll or io_uring",
