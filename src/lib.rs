@@ -3,10 +3,10 @@
 //! picks the user, and the bytes inside the WebSocket are relayed to that user's TCP
 //! destination. A panel adds and removes users at run time through a JSON controller.
 //!
-//! Thread per core: each worker runs a monoio (io_uring) runtime with its own SO_REUSEPORT
-//! listener and its own copy of the routes; the controller thread owns the authoritative
-//! table and broadcasts every change to the workers, replying only when all have it. The
-//! data path takes no lock.
+//! Thread per core: each worker runs a monoio runtime (io_uring by default, epoll with
+//! `-driver epoll`) with its own SO_REUSEPORT listener and its own copy of the routes; the
+//! controller thread owns the authoritative table and broadcasts every change to the
+//! workers, replying only when all have it. The data path takes no lock.
 //!
 //! # Layout
 //!
@@ -14,8 +14,8 @@
 //!
 //! - [`config`]: argv in Go's flag syntax to a [`config::Config`]; Go durations.
 //! - [`server`]: start-up; binds every listener, starts workers and the controller.
-//! - [`worker`]: one thread per core: runtime, SO_REUSEPORT listener, accept loop, panic
-//!   containment.
+//! - [`worker`]: one thread per core: runtime, listeners, accept loop, connection cap,
+//!   draining, the idle sweep, answering the controller.
 //! - [`stream`]: the data port's transport (TCP or unix socket) behind one type.
 //! - [`proxy_protocol`]: PROXY v1/v2 headers in front of data connections.
 //! - [`tls`]: the rustls configuration (files or self-signed), ALPN, resumption, reload.
@@ -30,7 +30,8 @@
 //! - [`tunnel`]: the plain tunnel, and dialing destinations.
 //! - [`mux`]: the smux v1 session (multiplexed mode).
 //! - [`smux`]: the smux v1 frame codec.
-//! - [`task`]: spawning tasks so that a panic ends only its own task.
+//! - [`task`]: spawning tasks so that a panic ends only its own task; the relay budget
+//!   and the yield pump that keep a busy tunnel from stalling its worker.
 //! - [`routes`]: the route table and the changes made to it.
 //! - [`broadcast`]: requests from the controller to every worker (route changes, counters,
 //!   kicks, metrics) and their answers.
