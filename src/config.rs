@@ -282,8 +282,8 @@ const FLAGS: [FlagSpec; 24] = [
     FlagSpec::value(&["timeout"], "--timeout", Some(check_duration)),
     FlagSpec::switch(&["verbose"], "--verbose"),
     FlagSpec::value(&["n", "name"], "--name", None),
-    FlagSpec::value(&["workers"], "--workers", Some(check_workers)),
-    FlagSpec::value(&["max-conns"], "--max-conns", Some(check_workers)),
+    FlagSpec::value(&["workers"], "--workers", Some(check_count)),
+    FlagSpec::value(&["max-conns"], "--max-conns", Some(check_count)),
     FlagSpec::value(&["head-timeout"], "--head-timeout", Some(check_duration)),
     FlagSpec::value(&["grace"], "--grace", Some(check_duration)),
     FlagSpec::value(&["secret"], "--secret", None),
@@ -299,7 +299,7 @@ const FLAGS: [FlagSpec; 24] = [
     FlagSpec::value(
         &["controller-conns"],
         "--controller-conns",
-        Some(check_workers),
+        Some(check_count),
     ),
 ];
 
@@ -307,7 +307,8 @@ fn check_duration(s: &str) -> Result<(), String> {
     parse_signed_duration(s).map(|_| ())
 }
 
-fn check_workers(s: &str) -> Result<(), String> {
+/// A whole number (workers, connection caps): its range is checked in `validate`.
+fn check_count(s: &str) -> Result<(), String> {
     s.parse::<usize>()
         .map(|_| ())
         .map_err(|_| "parse error".to_string())
@@ -590,20 +591,7 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
     };
     let controller = required_addr(raw.controller, settings, CONTROLLER, "controller listener")?;
 
-    let timeout = match raw.timeout {
-        None => DEFAULT_TIMEOUT,
-        Some(s) => {
-            let flag = spelled(settings, TIMEOUT);
-            let (negative, d) = parse_signed_duration(&s)
-                .map_err(|e| format!("invalid value {s:?} for flag {flag}: {e}"))?;
-            if negative || d.is_zero() {
-                return Err(format!(
-                    "invalid value {s:?} for flag {flag}: must be greater than zero"
-                ));
-            }
-            d
-        }
-    };
+    let timeout = positive_duration(raw.timeout, settings, TIMEOUT)?.unwrap_or(DEFAULT_TIMEOUT);
 
     let workers = match raw.workers {
         None => default_workers(),
@@ -632,22 +620,8 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
     };
     let head_timeout = positive_duration(raw.head_timeout, settings, HEAD_TIMEOUT)?
         .unwrap_or(Duration::from_secs(10));
-    let grace = match raw.grace {
-        None => Duration::from_secs(30),
-        Some(s) => {
-            let (negative, d) = parse_signed_duration(&s).map_err(|e| {
-                format!(
-                    "invalid value {s:?} for flag {}: {e}",
-                    spelled(settings, GRACE)
-                )
-            })?;
-            if negative {
-                Duration::ZERO
-            } else {
-                d
-            }
-        }
-    };
+    let grace =
+        nonnegative_duration(raw.grace, settings, GRACE)?.unwrap_or(Duration::from_secs(30));
 
     let fallback = match raw.fallback.filter(|s| !s.is_empty()) {
         None => None,
@@ -664,22 +638,8 @@ fn validate(raw: RawArgs, settings: &[Option<Setting>]) -> Result<Config, String
             Some(f)
         }
     };
-    let cert_check = match raw.cert_check {
-        None => Duration::from_secs(10),
-        Some(s) => {
-            let (negative, d) = parse_signed_duration(&s).map_err(|e| {
-                format!(
-                    "invalid value {s:?} for flag {}: {e}",
-                    spelled(settings, CERT_CHECK)
-                )
-            })?;
-            if negative {
-                Duration::ZERO
-            } else {
-                d
-            }
-        }
-    };
+    let cert_check = nonnegative_duration(raw.cert_check, settings, CERT_CHECK)?
+        .unwrap_or(Duration::from_secs(10));
     let bind_unix = raw.bind_unix.filter(|s| !s.is_empty());
     let controller_conns = match raw.controller_conns {
         None => 256,
@@ -768,16 +728,42 @@ fn positive_duration(
     settings: &[Option<Setting>],
     index: usize,
 ) -> Result<Option<Duration>, String> {
-    let Some(s) = value else { return Ok(None) };
-    let flag = spelled(settings, index);
-    let (negative, d) = parse_signed_duration(&s)
-        .map_err(|e| format!("invalid value {s:?} for flag {flag}: {e}"))?;
+    let Some((s, negative, d)) = signed_duration(value, settings, index)? else {
+        return Ok(None);
+    };
     if negative || d.is_zero() {
         return Err(format!(
-            "invalid value {s:?} for flag {flag}: must be greater than zero"
+            "invalid value {s:?} for flag {}: must be greater than zero",
+            spelled(settings, index)
         ));
     }
     Ok(Some(d))
+}
+
+/// A duration flag where a negative value means zero (off), if given.
+fn nonnegative_duration(
+    value: Option<String>,
+    settings: &[Option<Setting>],
+    index: usize,
+) -> Result<Option<Duration>, String> {
+    Ok(signed_duration(value, settings, index)?
+        .map(|(_, negative, d)| if negative { Duration::ZERO } else { d }))
+}
+
+/// A duration flag's value, its sign and magnitude, if given; errors name the flag.
+fn signed_duration(
+    value: Option<String>,
+    settings: &[Option<Setting>],
+    index: usize,
+) -> Result<Option<(String, bool, Duration)>, String> {
+    let Some(s) = value else { return Ok(None) };
+    let (negative, d) = parse_signed_duration(&s).map_err(|e| {
+        format!(
+            "invalid value {s:?} for flag {}: {e}",
+            spelled(settings, index)
+        )
+    })?;
+    Ok(Some((s, negative, d)))
 }
 
 /// Go's time.ParseDuration: "90s", "1m0s", "1h30m", "250ms", "1.5h", "2h45m30.5s", "300us",

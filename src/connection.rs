@@ -125,7 +125,7 @@ where
     let Some(site) = &worker.settings.fallback else {
         return Err(stream);
     };
-    match fallback::connect(site).await {
+    match tunnel::dial(site).await {
         Ok(conn) => {
             log::debug!("client {peer}: handed to the fallback site {site}");
             Box::pin(fallback::relay(

@@ -6,7 +6,6 @@
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
-use std::io;
 use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -16,16 +15,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::tunnel;
-
 /// Each direction's buffer: web pages, not bulk tunnels.
 const BUFFER: usize = 16 * 1024;
-
-/// Connects to the fallback site; `None` if it cannot be reached (the caller then answers
-/// itself).
-pub async fn connect(fallback: &str) -> io::Result<TcpStream> {
-    tunnel::dial(fallback).await
-}
 
 /// Relays `client` (after writing `already_read` to the site) and `site` until both
 /// directions have ended or nothing has moved for `idle_timeout`.

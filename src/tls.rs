@@ -113,11 +113,6 @@ fn from_pem(
     })
 }
 
-/// Builds the server configuration from a PEM certificate chain and a PEM private key.
-pub fn from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
-    CertFiles::load(cert, key).map(|(_, config)| config)
-}
-
 /// Generates an ECDSA P-256 self-signed certificate for `name` and builds the server
 /// configuration around it.
 pub fn self_signed(name: &str) -> Result<Arc<ServerConfig>, String> {
