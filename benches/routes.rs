@@ -6,8 +6,6 @@
 //! the entries are not in cache, as with many users connecting). `route_key_and_lookup`
 //! adds the request-target to route-key step of `http::route_key`.
 
-use std::sync::Arc;
-
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use mtt_mu_server::http;
 use mtt_mu_server::routes::{Route, RouteChange, RouteTable};
@@ -31,12 +29,7 @@ fn next(state: &mut u64) -> u64 {
 
 fn table_with(users: usize) -> RouteTable {
     let routes = (0..users)
-        .map(|i| {
-            Arc::new(Route::new(
-                &path(i),
-                &format!("127.0.0.1:{}", 1024 + i % 60000),
-            ))
-        })
+        .map(|i| Route::new(&path(i), &format!("127.0.0.1:{}", 1024 + i % 60000)))
         .collect();
     let mut table = RouteTable::new();
     table.apply(&RouteChange::Upsert(routes));

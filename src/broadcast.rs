@@ -165,7 +165,7 @@ mod tests {
                 }
             }));
         }
-        let route = Arc::new(Route::new("/x", "h:1"));
+        let route = Route::new("/x", "h:1");
         let replies = ask_all(&links, Request::Routes(RouteChange::Upsert(vec![route])));
         assert!(replies.iter().all(|r| matches!(r, Some(Reply::Applied))));
         ask_all(&links, Request::Routes(RouteChange::Clear));

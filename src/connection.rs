@@ -6,7 +6,6 @@
 //! upgrade reaches [`crate::tunnel`] or [`crate::mux`]. Nothing here reads frames.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::time::Instant;
@@ -150,7 +149,7 @@ where
 struct UpgradeRequest<S> {
     stream: S,
     head: RequestHead,
-    route: Arc<Route>,
+    route: Route,
     /// Bytes that came after the head (the client's first frames, if it did not wait).
     early: Vec<u8>,
 }
@@ -180,7 +179,7 @@ where
     let Some(request) = Box::pin(serve(stream, peer, worker, deadline)).await else {
         return;
     };
-    let route = Arc::clone(&request.route);
+    let route = request.route.clone();
     let Some(ready) = Box::pin(upgrade(request, peer, worker)).await else {
         return;
     };
@@ -205,7 +204,7 @@ where
             let end = Box::pin(crate::mux::run(
                 reader,
                 writer,
-                Arc::clone(&route),
+                route.clone(),
                 settings,
                 ticket,
             ))

@@ -12,7 +12,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
@@ -83,8 +82,8 @@ pub struct Controller {
     per_user_metrics: bool,
 }
 
-fn route(path: String, dst: String) -> Arc<Route> {
-    Arc::new(Route::new(&path, &dst))
+fn route(path: String, dst: String) -> Route {
+    Route::new(&path, &dst)
 }
 
 fn boxed(paths: Vec<String>) -> Vec<Box<str>> {

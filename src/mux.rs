@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -175,7 +174,7 @@ struct Session<W> {
     /// The session task is waiting for a queue to drain: not reading the client is then our
     /// doing, not the client's silence.
     stalled: Cell<bool>,
-    route: Arc<Route>,
+    route: Route,
     settings: Settings,
     /// The session's place in the counters: bytes, streams, kicks.
     ticket: Ticket,
@@ -227,7 +226,7 @@ impl<W: AsyncWriteRent> Session<W> {
 pub async fn run<R, W>(
     mut reader: ClientReader<R>,
     writer: ClientWriter<W>,
-    route: Arc<Route>,
+    route: Route,
     settings: Settings,
     ticket: Ticket,
 ) -> SessionEnd

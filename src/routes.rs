@@ -6,49 +6,172 @@
 //! to the controller's table and sent, shared by `Arc`, to every worker (see
 //! [`crate::broadcast`]). This module knows nothing of threads, sockets or HTTP.
 
+use std::alloc::{self, Layout};
 use std::borrow::Borrow;
 use std::collections::HashSet;
+use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{self, AtomicU32, Ordering};
 
 /// One user: the request path that selects it and the `HOST:PORT` its tunnels go to.
-/// Shared by `Arc` between the controller's table and every worker's copy, so a user costs
-/// the same whatever the number of workers; path and destination share one allocation.
-#[derive(Debug, PartialEq, Eq)]
+///
+/// A thin, reference-counted handle: one pointer to one heap block holding a small
+/// header and the path followed by the destination. Cloning it shares the block, so a
+/// user costs the same whatever the number of workers, and a table of routes is a table
+/// of 8-byte pointers. With panels' usual 16-character paths and `IP:PORT` destinations a
+/// block is 40 bytes, one 48-byte malloc chunk; `Route` over two `Box<str>`s cost two
+/// chunks, 96 bytes, and a user a third more memory (see BENCHMARKS.md, R6).
 pub struct Route {
-    /// The path followed by the destination.
-    text: Box<str>,
-    /// Where the path ends in `text`.
-    path_len: u32,
+    block: NonNull<Header>,
 }
+
+/// The start of a route's block; the text follows it directly.
+#[repr(C)]
+struct Header {
+    /// Handles sharing the block. Every table and every tunnel holds one; far fewer than
+    /// `MAX_REFS` can exist (each needs memory or a file descriptor).
+    refs: AtomicU32,
+    /// Bytes of path at the start of the text.
+    path_len: u32,
+    /// Bytes of text: path then destination.
+    text_len: u32,
+}
+
+/// Above this many handles [`Route::clone`] aborts, as `Arc` does near `isize::MAX`: a
+/// count that wraps would free a block still in use.
+const MAX_REFS: u32 = i32::MAX as u32;
+
+// SAFETY: the block is immutable once built but for `refs`, which is atomic; the handle
+// is as shareable across threads as an `Arc<str>`.
+unsafe impl Send for Route {}
+// SAFETY: as above.
+unsafe impl Sync for Route {}
 
 impl Route {
     /// A route for `path` (compared exactly with the percent-decoded path of a request)
     /// to `dst` (`HOST:PORT`, validated by the controller).
+    ///
+    /// # Panics
+    /// If path and destination together exceed `u32::MAX` bytes: the controller takes
+    /// bodies of at most 2 MiB, and a request head is at most 16 KiB.
     pub fn new(path: &str, dst: &str) -> Self {
-        let mut text = String::with_capacity(path.len() + dst.len());
-        text.push_str(path);
-        text.push_str(dst);
-        Self {
-            text: text.into_boxed_str(),
-            // Paths come from request heads of at most 16 KiB or controller bodies of
-            // at most 2 MiB: always far below 4 GiB.
-            path_len: path.len() as u32,
+        let path_len = u32::try_from(path.len()).expect("route path under 4 GiB");
+        let text_len = path
+            .len()
+            .checked_add(dst.len())
+            .and_then(|n| u32::try_from(n).ok())
+            .expect("route text under 4 GiB");
+        let layout = Self::layout(text_len);
+        // SAFETY: the layout has a non-zero size (the header); a null result is handled.
+        let raw = unsafe { alloc::alloc(layout) }.cast::<Header>();
+        let Some(block) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout);
+        };
+        // SAFETY: `block` is a fresh allocation of `layout`: a header, then `text_len`
+        // bytes, which the two copies fill exactly.
+        unsafe {
+            block.as_ptr().write(Header {
+                refs: AtomicU32::new(1),
+                path_len,
+                text_len,
+            });
+            let text = Self::text_ptr(block);
+            ptr::copy_nonoverlapping(path.as_ptr(), text, path.len());
+            ptr::copy_nonoverlapping(dst.as_ptr(), text.add(path.len()), dst.len());
         }
+        Self { block }
     }
 
     pub fn path(&self) -> &str {
-        &self.text[..self.path_len as usize]
+        let len = self.header().path_len as usize;
+        &self.text()[..len]
     }
 
     pub fn dst(&self) -> &str {
-        &self.text[self.path_len as usize..]
+        let len = self.header().path_len as usize;
+        &self.text()[len..]
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the block lives while any handle does, and its header is never written
+        // after `new` but for the atomic count.
+        unsafe { self.block.as_ref() }
+    }
+
+    /// Path and destination, one after the other.
+    fn text(&self) -> &str {
+        let len = self.header().text_len as usize;
+        // SAFETY: `new` copied `len` bytes of two `&str`s there, split at a `&str`
+        // boundary, and they are never written again: valid UTF-8 for the block's life.
+        unsafe {
+            let bytes = std::slice::from_raw_parts(Self::text_ptr(self.block), len);
+            std::str::from_utf8_unchecked(bytes)
+        }
+    }
+
+    fn layout(text_len: u32) -> Layout {
+        Layout::from_size_align(
+            size_of::<Header>() + text_len as usize,
+            align_of::<Header>(),
+        )
+        .expect("route block layout")
+    }
+
+    /// Where the text starts: right after the header.
+    ///
+    /// # Safety
+    /// `block` must point to a route block.
+    unsafe fn text_ptr(block: NonNull<Header>) -> *mut u8 {
+        block.as_ptr().cast::<u8>().add(size_of::<Header>())
+    }
+}
+
+impl Clone for Route {
+    fn clone(&self) -> Self {
+        // Relaxed, as in `Arc::clone`: a new handle is made from an existing one, which
+        // keeps the block alive; nothing else is ordered by the increment.
+        let before = self.header().refs.fetch_add(1, Ordering::Relaxed);
+        if before > MAX_REFS {
+            std::process::abort();
+        }
+        Self { block: self.block }
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        // Release then Acquire before freeing, as in `Arc::drop`: every use of the block
+        // through other handles happens before it is freed.
+        if self.header().refs.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        atomic::fence(Ordering::Acquire);
+        let layout = Self::layout(self.header().text_len);
+        // SAFETY: this was the last handle; the block came from `alloc` with this layout.
+        unsafe { alloc::dealloc(self.block.as_ptr().cast(), layout) };
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.text() == other.text() && self.header().path_len == other.header().path_len
+    }
+}
+impl Eq for Route {}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("path", &self.path())
+            .field("dst", &self.dst())
+            .finish()
     }
 }
 
 /// A set entry keyed by the route's path, so a set of routes is looked up by `&str`.
 #[derive(Clone, Debug)]
-struct ByPath(Arc<Route>);
+struct ByPath(Route);
 
 impl PartialEq for ByPath {
     fn eq(&self, other: &Self) -> bool {
@@ -81,12 +204,12 @@ impl RouteTable {
     }
 
     /// Every route, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter().map(|entry| &entry.0)
     }
 
     /// The route for `path`, if a user has it.
-    pub fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
+    pub fn lookup(&self, path: &str) -> Option<&Route> {
         self.routes.get(path).map(|entry| &entry.0)
     }
 
@@ -107,7 +230,7 @@ impl RouteTable {
                 self.routes.reserve(routes.len());
                 for route in routes.iter() {
                     // `replace`, not `insert`: an existing path takes the new destination.
-                    self.routes.replace(ByPath(Arc::clone(route)));
+                    self.routes.replace(ByPath(route.clone()));
                 }
             }
             RouteChange::Remove(paths) => {
@@ -120,7 +243,7 @@ impl RouteTable {
             }
             RouteChange::Sync { upsert, remove } => {
                 for route in upsert {
-                    self.routes.replace(ByPath(Arc::clone(route)));
+                    self.routes.replace(ByPath(route.clone()));
                 }
                 for path in remove {
                     self.routes.remove(&**path);
@@ -134,14 +257,14 @@ impl RouteTable {
 #[derive(Debug)]
 pub enum RouteChange {
     /// Add these users, replacing any with the same path; a later duplicate in the list wins.
-    Upsert(Vec<Arc<Route>>),
+    Upsert(Vec<Route>),
     /// Delete the users with these paths; unknown paths are ignored.
     Remove(Vec<Box<str>>),
     /// Delete every user.
     Clear,
     /// A full sync: upsert these, then remove those, as one change.
     Sync {
-        upsert: Vec<Arc<Route>>,
+        upsert: Vec<Route>,
         remove: Vec<Box<str>>,
     },
 }
@@ -150,8 +273,56 @@ pub enum RouteChange {
 mod tests {
     use super::*;
 
-    fn route(path: &str, dst: &str) -> Arc<Route> {
-        Arc::new(Route::new(path, dst))
+    fn route(path: &str, dst: &str) -> Route {
+        Route::new(path, dst)
+    }
+
+    #[test]
+    fn route_keeps_path_and_destination_apart() {
+        let r = route("/ü-path", "[::1]:443");
+        assert_eq!(r.path(), "/ü-path");
+        assert_eq!(r.dst(), "[::1]:443");
+        let empty = route("", "");
+        assert_eq!((empty.path(), empty.dst()), ("", ""));
+        // The split is by length, not by content: a path may look like a destination.
+        let odd = route("/a:1", "b:2");
+        assert_eq!((odd.path(), odd.dst()), ("/a:1", "b:2"));
+        assert_ne!(route("/ab", "c"), route("/a", "bc"));
+        assert_eq!(route("/a", "bc"), route("/a", "bc"));
+        assert_eq!(
+            format!("{:?}", route("/p", "d:1")),
+            r#"Route { path: "/p", dst: "d:1" }"#
+        );
+    }
+
+    #[test]
+    fn route_is_one_pointer_and_one_small_block() {
+        assert_eq!(size_of::<Route>(), size_of::<usize>());
+        assert_eq!(size_of::<Option<Route>>(), size_of::<usize>());
+        // A panel's 16-hex-digit path and an IPv4 destination: 40 bytes, which glibc
+        // serves from a 48-byte chunk.
+        assert_eq!(Route::layout(17 + 11).size(), 40);
+    }
+
+    #[test]
+    fn clones_share_the_block_across_threads_until_the_last_drop() {
+        let original = route("/shared", "127.0.0.1:1");
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let mine = original.clone();
+                std::thread::spawn(move || {
+                    let copies: Vec<Route> = (0..1000).map(|_| mine.clone()).collect();
+                    assert!(copies.iter().all(|c| c.path() == "/shared"));
+                    mine
+                })
+            })
+            .collect();
+        let returned: Vec<Route> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(original.header().refs.load(Ordering::Relaxed), 5);
+        assert!(returned.iter().all(|r| r.block == original.block));
+        drop(returned);
+        assert_eq!(original.header().refs.load(Ordering::Relaxed), 1);
+        assert_eq!(original.dst(), "127.0.0.1:1");
     }
 
     #[test]

@@ -37,7 +37,7 @@ struct Record {
 
 impl Record {
     fn of(change: &RouteChange) -> Record {
-        let pairs = |routes: &[std::sync::Arc<crate::routes::Route>]| {
+        let pairs = |routes: &[crate::routes::Route]| {
             routes
                 .iter()
                 .map(|r| (r.path().to_string(), r.dst().to_string()))
@@ -203,7 +203,6 @@ fn write_snapshot(path: &Path, users: &[(String, String)]) -> io::Result<File> {
 mod tests {
     use super::*;
     use crate::routes::Route;
-    use std::sync::Arc;
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("mtt-state-{}-{name}", std::process::id()));
@@ -211,8 +210,8 @@ mod tests {
         dir.join("users.state")
     }
 
-    fn route(p: &str, d: &str) -> Arc<Route> {
-        Arc::new(Route::new(p, d))
+    fn route(p: &str, d: &str) -> Route {
+        Route::new(p, d)
     }
 
     fn sorted(mut users: Vec<(String, String)>) -> Vec<(String, String)> {
