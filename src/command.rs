@@ -12,31 +12,38 @@
 //! | 6 | kick: close the open tunnels of these users | required, each `path` |
 //! | 9 | ping | ignored |
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+
+use crate::routes::Route;
 
 /// What the panel sends. Every field optional so that a missing field is a command error
 /// (res 2, HTTP 200), while a field of the wrong JSON type is a request error (400).
 #[derive(Debug, Deserialize)]
-struct CommandBody {
+struct CommandBody<'a> {
     opt: Option<i64>,
-    args_bunch: Option<Vec<UserArg>>,
+    #[serde(borrow)]
+    args_bunch: Option<Vec<UserArg<'a>>>,
     /// For stats: reset what was returned.
     reset: Option<bool>,
 }
 
 /// One entry of `args_bunch`. Deserialized by hand so that only a JSON object is one:
-/// serde's derived code would also take `["/a","h:1"]` field by field.
+/// serde's derived code would also take `["/a","h:1"]` field by field. The strings borrow
+/// from the body unless they hold escapes: a user's only allocation is then its
+/// [`Route`], which keeps a million users' blocks from being spread among freed strings.
 #[derive(Debug, Default)]
-struct UserArg {
-    path: Option<String>,
-    dst: Option<String>,
+struct UserArg<'a> {
+    path: Option<Cow<'a, str>>,
+    dst: Option<Cow<'a, str>>,
 }
 
-impl<'de> Deserialize<'de> for UserArg {
+impl<'de: 'a, 'a> Deserialize<'de> for UserArg<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Entry;
-        impl<'de> serde::de::Visitor<'de> for Entry {
-            type Value = UserArg;
+        struct Entry<'a>(std::marker::PhantomData<UserArg<'a>>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Entry<'a> {
+            type Value = UserArg<'a>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object with \"path\" and \"dst\"")
@@ -45,7 +52,7 @@ impl<'de> Deserialize<'de> for UserArg {
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<UserArg, A::Error> {
+            ) -> Result<UserArg<'a>, A::Error> {
                 let mut entry = UserArg::default();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     let slot = match &*key {
@@ -59,24 +66,24 @@ impl<'de> Deserialize<'de> for UserArg {
                     if slot.is_some() {
                         return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
                     }
-                    *slot = map.next_value::<Option<String>>()?;
+                    *slot = map.next_value::<Option<Cow<'de, str>>>()?;
                 }
                 Ok(entry)
             }
         }
-        deserializer.deserialize_map(Entry)
+        deserializer.deserialize_map(Entry(std::marker::PhantomData))
     }
 }
 
 /// A command that passed validation, ready to apply as one batch.
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Add(Vec<(String, String)>),
+    Add(Vec<Route>),
     Del(Vec<String>),
     Reset,
     Ping,
     /// Make the user set exactly this.
-    Sync(Vec<(String, String)>),
+    Sync(Vec<Route>),
     /// Report counters of these users (all when `None`), resetting them if asked.
     Stats {
         paths: Option<Vec<String>>,
@@ -136,7 +143,7 @@ pub fn parse_command(body: &[u8]) -> Result<Command, CommandError> {
 }
 
 /// Each entry's `path` and `dst`, validated.
-fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<(String, String)>, CommandError> {
+fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<Route>, CommandError> {
     let mut users = Vec::with_capacity(args.len());
     for (i, arg) in args.into_iter().enumerate() {
         let path = check_path(i, arg.path).map_err(CommandError::Invalid)?;
@@ -150,7 +157,7 @@ fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<(String, String)>, Comman
                 "{what}: args_bunch[{i}] ({path}): dst {dst:?} is not HOST:PORT"
             )));
         }
-        users.push((path, dst));
+        users.push(Route::new(&path, &dst));
     }
     Ok(users)
 }
@@ -159,12 +166,12 @@ fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<(String, String)>, Comman
 fn paths(args: Vec<UserArg>) -> Result<Vec<String>, CommandError> {
     args.into_iter()
         .enumerate()
-        .map(|(i, arg)| check_path(i, arg.path))
+        .map(|(i, arg)| check_path(i, arg.path).map(Cow::into_owned))
         .collect::<Result<Vec<_>, _>>()
         .map_err(CommandError::Invalid)
 }
 
-fn check_path(i: usize, path: Option<String>) -> Result<String, String> {
+fn check_path(i: usize, path: Option<Cow<str>>) -> Result<Cow<str>, String> {
     match path {
         None => Err(format!("args_bunch[{i}]: path is missing")),
         Some(p) if !p.starts_with('/') => {
@@ -211,8 +218,8 @@ mod tests {
         assert_eq!(
             parse_command(br#"{"opt":1,"args_bunch":[{"path":"/a","dst":"127.0.0.1:1"},{"path":"/b","dst":"h.example:2"}]}"#),
             Ok(Command::Add(vec![
-                ("/a".into(), "127.0.0.1:1".into()),
-                ("/b".into(), "h.example:2".into())
+                Route::new("/a", "127.0.0.1:1"),
+                Route::new("/b", "h.example:2")
             ]))
         );
         assert_eq!(

@@ -82,10 +82,6 @@ pub struct Controller {
     per_user_metrics: bool,
 }
 
-fn route(path: String, dst: String) -> Route {
-    Route::new(&path, &dst)
-}
-
 fn boxed(paths: Vec<String>) -> Vec<Box<str>> {
     paths.into_iter().map(String::into_boxed_str).collect()
 }
@@ -106,7 +102,7 @@ impl Controller {
                 options
                     .initial_users
                     .into_iter()
-                    .map(|(p, d)| route(p, d))
+                    .map(|(p, d)| Route::new(&p, &d))
                     .collect(),
             );
             controller.table.apply(&change);
@@ -140,27 +136,26 @@ impl Controller {
             Command::Ping => {}
             Command::Reset => self.change(RouteChange::Clear)?,
             Command::Del(paths) => self.change(RouteChange::Remove(boxed(paths)))?,
-            Command::Add(users) => self.change(RouteChange::Upsert(
-                users.into_iter().map(|(p, d)| route(p, d)).collect(),
-            ))?,
+            Command::Add(users) => self.change(RouteChange::Upsert(users))?,
             Command::Sync(users) => {
                 let mut wanted = HashSet::with_capacity(users.len());
                 let (mut added, mut changed) = (0, 0);
                 let mut upsert = Vec::new();
-                for (path, dst) in users {
-                    match self.table.lookup(&path) {
-                        Some(existing) if existing.dst() == dst => {}
+                for user in &users {
+                    let path = user.path();
+                    match self.table.lookup(path) {
+                        Some(existing) if existing.dst() == user.dst() => {}
                         Some(_) => {
                             changed += 1;
-                            upsert.push(route(path.clone(), dst));
+                            upsert.push(user.clone());
                         }
-                        None if wanted.contains(&path) => {
+                        None if wanted.contains(path) => {
                             // A duplicate inside the sync: the later one wins, counted once.
-                            upsert.push(route(path.clone(), dst));
+                            upsert.push(user.clone());
                         }
                         None => {
                             added += 1;
-                            upsert.push(route(path.clone(), dst));
+                            upsert.push(user.clone());
                         }
                     }
                     wanted.insert(path);

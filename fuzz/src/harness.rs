@@ -16,6 +16,7 @@ use std::fmt;
 
 use mtt_mu_server::controller::{self, Command, CommandError};
 use mtt_mu_server::http::{self, HeadError, RequestHead};
+use mtt_mu_server::routes::Route;
 use mtt_mu_server::{smux, ws};
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -686,13 +687,13 @@ pub fn expected_command(body: &[u8]) -> Result<Command, CommandError> {
         }
         Ok(paths)
     };
-    let users = |args: Vec<Entry>| -> Result<Vec<(String, String)>, CommandError> {
+    let users = |args: Vec<Entry>| -> Result<Vec<Route>, CommandError> {
         let mut users = Vec::new();
         for (path, dst) in args {
             match (path, dst) {
                 (Some(p), _) if !p.starts_with('/') => return invalid("bad path"),
                 (None, _) => return invalid("no path"),
-                (Some(p), Some(d)) if controller::valid_dst(&d) => users.push((p, d)),
+                (Some(p), Some(d)) if controller::valid_dst(&d) => users.push(Route::new(&p, &d)),
                 _ => return invalid("bad dst"),
             }
         }
@@ -735,13 +736,13 @@ pub fn controller_check(body: &[u8]) -> Result<Command, CommandError> {
     let want = expected_command(body);
     if let Ok(Command::Add(users)) = &got {
         assert!(!users.is_empty());
-        for (path, dst) in users {
-            assert!(path.starts_with('/') && controller::valid_dst(dst));
+        for user in users {
+            assert!(user.path().starts_with('/') && controller::valid_dst(user.dst()));
         }
     }
     if let Ok(Command::Sync(users)) = &got {
-        for (path, dst) in users {
-            assert!(path.starts_with('/') && controller::valid_dst(dst));
+        for user in users {
+            assert!(user.path().starts_with('/') && controller::valid_dst(user.dst()));
         }
     }
     if let Ok(Command::Del(paths) | Command::Kick(paths)) = &got {
