@@ -80,6 +80,10 @@ pub struct Controller {
     secret: Option<String>,
     state: Option<StateFile>,
     per_user_metrics: bool,
+    /// Route changes applied on every worker, for `handle_body` to time.
+    changes: u64,
+    /// From a whole command to every worker having its change.
+    change_latency: crate::metrics::Histogram,
 }
 
 fn boxed(paths: Vec<String>) -> Vec<Box<str>> {
@@ -96,6 +100,8 @@ impl Controller {
             secret: options.secret.filter(|s| !s.is_empty()),
             state: options.state,
             per_user_metrics: options.per_user_metrics,
+            changes: 0,
+            change_latency: Default::default(),
         };
         if !options.initial_users.is_empty() {
             let change = RouteChange::Upsert(
@@ -121,6 +127,7 @@ impl Controller {
         }
         self.table.apply(&change);
         broadcast::ask_all(&self.workers, Request::Routes(change));
+        self.changes += 1;
         if let Some(state) = &mut self.state {
             if let Err(e) = state.compact_if_large(&self.table) {
                 log::error!("internal: compacting the state file: {e}");
@@ -200,16 +207,24 @@ impl Controller {
         self.table.len()
     }
 
-    /// Answers one request body: the HTTP status and the reply.
+    /// Answers one request body, just received whole: the HTTP status and the reply.
+    /// A command that changed users is timed from here to every worker having the change
+    /// (`mtt_route_change_seconds` on `/metrics`).
     pub fn handle_body(&mut self, body: &[u8]) -> (u16, Reply) {
-        match parse_command(body) {
+        let received = std::time::Instant::now();
+        let changes = self.changes;
+        let answer = match parse_command(body) {
             Ok(command) => match self.execute(command) {
                 Ok(reply) => (200, reply),
                 Err(why) => (500, self.error(why)),
             },
             Err(CommandError::Invalid(why)) => (200, self.error(why)),
             Err(CommandError::BadRequest(why)) => (400, self.error(why)),
+        };
+        if self.changes != changes {
+            self.change_latency.observe(received.elapsed());
         }
+        answer
     }
 
     /// The `/metrics` page.
@@ -228,7 +243,12 @@ impl Controller {
             };
             sum_totals(broadcast::ask_all(&self.workers, request))
         });
-        crate::metrics::render(self.table.len(), &snapshots, per_user.as_deref())
+        crate::metrics::render(
+            self.table.len(),
+            &self.change_latency,
+            &snapshots,
+            per_user.as_deref(),
+        )
     }
 
     /// Whether a request may be served: always without a secret, else only with it.

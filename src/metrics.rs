@@ -5,18 +5,69 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::time::Duration;
 
 use crate::stats::{MetricsSnapshot, Refusal, UserTotals};
+
+/// Upper bounds, in seconds, of the route-change latency buckets: around the 1 ms that
+/// a change may take to reach every worker.
+pub const ROUTE_CHANGE_BOUNDS: [f64; 10] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
+
+/// A Prometheus histogram over [`ROUTE_CHANGE_BOUNDS`], kept by the controller thread.
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is above every bound.
+    counts: [u64; ROUTE_CHANGE_BOUNDS.len() + 1],
+    sum: Duration,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        let bucket = ROUTE_CHANGE_BOUNDS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(ROUTE_CHANGE_BOUNDS.len());
+        self.counts[bucket] += 1;
+        self.sum += value;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str) {
+        let mut cumulative = 0;
+        for (bound, count) in ROUTE_CHANGE_BOUNDS.iter().zip(self.counts) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count());
+        let _ = writeln!(out, "{name}_sum {}", self.sum.as_secs_f64());
+        let _ = writeln!(out, "{name}_count {}", self.count());
+    }
+}
 
 /// Renders the metrics page.
 pub fn render(
     users: usize,
+    route_changes: &Histogram,
     workers: &[MetricsSnapshot],
     per_user: Option<&[UserTotals]>,
 ) -> String {
     let mut out = String::with_capacity(4096);
     family(&mut out, "mtt_users", "gauge", "Users in the route table.");
     let _ = writeln!(out, "mtt_users {users}");
+    family(
+        &mut out,
+        "mtt_route_change_seconds",
+        "histogram",
+        "From the controller holding a whole command that changes users to every worker \
+         routing by the change (parse, state file and broadcast included).",
+    );
+    route_changes.render(&mut out, "mtt_route_change_seconds");
 
     family(
         &mut out,
@@ -169,8 +220,35 @@ mod tests {
             bytes_up: 1,
             ..Default::default()
         }];
-        let page = render(1, &[MetricsSnapshot::default()], Some(&totals));
+        let page = render(
+            1,
+            &Histogram::default(),
+            &[MetricsSnapshot::default()],
+            Some(&totals),
+        );
         assert!(page.contains(r#"mtt_user_bytes_total{path="/a\"b\\c\nd",direction="up"} 1"#));
         assert!(page.lines().all(|l| !l.is_empty()));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut h = Histogram::default();
+        for us in [50, 100, 900, 1000, 1001, 3_000_000] {
+            h.observe(Duration::from_micros(us));
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x");
+        for line in [
+            r#"x_bucket{le="0.0001"} 2"#,
+            r#"x_bucket{le="0.0005"} 2"#,
+            r#"x_bucket{le="0.001"} 4"#,
+            r#"x_bucket{le="0.0025"} 5"#,
+            r#"x_bucket{le="1"} 5"#,
+            r#"x_bucket{le="+Inf"} 6"#,
+            "x_sum 3.003051",
+            "x_count 6",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} not in\n{out}");
+        }
     }
 }

@@ -245,6 +245,14 @@ fn metrics_parse_and_count_what_happened() {
     let server = Server::start(&["-force-tls", "-metrics-per-user"]);
     let path = unique_path("metrics");
     server.add(&[(&path, echo_backend()), ("/dead", dead_addr())]);
+    // A ping and a refused command are not route changes; a del is one (it is broadcast
+    // even when it finds nobody).
+    assert_eq!(server.post(r#"{"opt":9}"#).1["res"], 1);
+    assert_eq!(
+        server.post(r#"{"opt":1,"args_bunch":[{"path":"x"}]}"#).1["res"],
+        2
+    );
+    server.del(&["/never-added"]);
     let mut conn = server.connect();
     assert_eq!(raw_upgrade(&mut conn, &path, "").0, 101);
     let data = pattern(10_000, 3);
@@ -289,6 +297,12 @@ fn metrics_parse_and_count_what_happened() {
         ) >= 1.0
     );
     assert_eq!(sum(&samples, "mtt_backend_dial_failures_total", None), 1.0);
+    // The add and the del were timed, each into exactly one bucket.
+    assert_eq!(sum(&samples, "mtt_route_change_seconds_count", None), 2.0);
+    let buckets = &samples["mtt_route_change_seconds_bucket"];
+    let inf = buckets.iter().find(|(l, _)| l["le"] == "+Inf").unwrap().1;
+    assert_eq!(inf, 2.0);
+    assert!(sum(&samples, "mtt_route_change_seconds_sum", None) > 0.0);
     assert_eq!(
         sum(&samples, "mtt_user_bytes_total", Some(("path", &path))),
         20_000.0
@@ -307,6 +321,7 @@ fn metrics_parse_and_count_what_happened() {
     let samples = parse_metrics(std::str::from_utf8(&body).unwrap());
     assert!(!samples.contains_key("mtt_user_bytes_total"));
     assert_eq!(sum(&samples, "mtt_tunnels_open", None), 0.0);
+    assert_eq!(sum(&samples, "mtt_route_change_seconds_count", None), 0.0);
 }
 
 #[test]

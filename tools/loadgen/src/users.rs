@@ -26,10 +26,54 @@ impl Controller {
 
     /// POSTs `body`; returns the reply's JSON after checking it says `res: 1`.
     pub fn post(&mut self, body: &[u8]) -> io::Result<serde_json::Value> {
-        let head = format!(
-            "POST / HTTP/1.1\r\nHost: controller\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
+        let (status, reply) = self.request("POST", body)?;
+        let json: serde_json::Value = serde_json::from_slice(&reply)
+            .map_err(|e| io::Error::other(format!("reply is not JSON: {e}")))?;
+        if !status.contains(" 200 ") || json["res"] != 1 {
+            return Err(io::Error::other(format!(
+                "controller refused: {} {json}",
+                status.trim()
+            )));
+        }
+        Ok(json)
+    }
+
+    /// GETs `/metrics`: the server's own count of route changes by latency bucket, as
+    /// (upper bound in seconds, changes at or under it), cumulative.
+    pub fn route_change_buckets(&mut self) -> io::Result<Vec<(f64, u64)>> {
+        let (status, page) = self.request("GET", b"")?;
+        if !status.contains(" 200 ") {
+            return Err(io::Error::other(format!("/metrics: {}", status.trim())));
+        }
+        let page = String::from_utf8_lossy(&page);
+        let mut buckets = Vec::new();
+        for line in page.lines() {
+            let Some(rest) = line.strip_prefix("mtt_route_change_seconds_bucket{le=\"") else {
+                continue;
+            };
+            let Some((bound, count)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().map_err(io::Error::other)?
+            };
+            buckets.push((bound, count.trim().parse().map_err(io::Error::other)?));
+        }
+        Ok(buckets)
+    }
+
+    /// One request on the keep-alive connection: the status line and the body.
+    fn request(&mut self, method: &str, body: &[u8]) -> io::Result<(String, Vec<u8>)> {
+        let head = if method == "GET" {
+            "GET /metrics HTTP/1.1\r\nHost: controller\r\n\r\n".to_string()
+        } else {
+            format!(
+                "{method} / HTTP/1.1\r\nHost: controller\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+        };
         let s = self.stream.get_mut();
         s.write_all(head.as_bytes())?;
         s.write_all(body)?;
@@ -53,15 +97,7 @@ impl Controller {
         }
         let mut reply = vec![0u8; length];
         self.stream.read_exact(&mut reply)?;
-        let json: serde_json::Value = serde_json::from_slice(&reply)
-            .map_err(|e| io::Error::other(format!("reply is not JSON: {e}")))?;
-        if !status.contains(" 200 ") || json["res"] != 1 {
-            return Err(io::Error::other(format!(
-                "controller refused: {} {json}",
-                status.trim()
-            )));
-        }
-        Ok(json)
+        Ok((status, reply))
     }
 }
 
@@ -155,6 +191,9 @@ pub struct Latency {
 
 pub fn run_latency(cfg: Latency, rec: &Recorder) -> Result<(), String> {
     let mut c = Controller::connect(cfg.controller).map_err(|e| e.to_string())?;
+    // The server's own timing (receipt to every worker applied) of just these changes:
+    // the difference of its histogram before and after.
+    let before = c.route_change_buckets().map_err(|e| e.to_string())?;
     let mut times = Vec::with_capacity(cfg.count);
     for i in 0..cfg.count {
         let body = format!(
@@ -166,11 +205,44 @@ pub fn run_latency(cfg: Latency, rec: &Recorder) -> Result<(), String> {
         times.push(t0.elapsed().as_secs_f64() * 1e6);
         std::thread::sleep(Duration::from_millis(5));
     }
+    let after = c.route_change_buckets().map_err(|e| e.to_string())?;
     times.sort_by(|a, b| a.total_cmp(b));
     let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     let name = format!("route change round trip{}", cfg.label);
     rec.record(&format!("{name}: p50"), pick(0.5), "us");
     rec.record(&format!("{name}: p99"), pick(0.99), "us");
     rec.record(&format!("{name}: max"), pick(1.0), "us");
+    if after.len() == before.len() && !after.is_empty() {
+        let counts: Vec<(f64, u64)> = after
+            .iter()
+            .zip(&before)
+            .map(|(&(bound, a), &(_, b))| (bound, a.saturating_sub(b)))
+            .collect();
+        let total = counts.last().map_or(0, |&(_, n)| n).max(1) as f64;
+        let within = |limit: f64| {
+            counts
+                .iter()
+                .filter(|&&(bound, _)| bound <= limit)
+                .map(|&(_, n)| n)
+                .max()
+                .unwrap_or(0) as f64
+                / total
+        };
+        // The smallest bucket bound under which a share `q` of the changes fell.
+        let bound_of = |q: f64| {
+            counts
+                .iter()
+                .find(|&&(_, n)| n as f64 >= q * total)
+                .map_or(f64::INFINITY, |&(bound, _)| bound * 1e6)
+        };
+        let name = format!("route change in the server{}", cfg.label);
+        rec.record(
+            &format!("{name}: share within 1 ms"),
+            within(0.001) * 100.0,
+            "%",
+        );
+        rec.record(&format!("{name}: p50 at most"), bound_of(0.5), "us");
+        rec.record(&format!("{name}: p99 at most"), bound_of(0.99), "us");
+    }
     Ok(())
 }
