@@ -118,12 +118,12 @@ fn send_all(workers: &[WorkerLink], request: Request, reply: &Sender<(usize, Rep
 
 /// A worker's task: answers requests as they arrive, with `handle`.
 pub async fn serve_requests(
-    inbox: WorkerInbox,
+    inbox: &WorkerInbox,
     index: usize,
     mut handle: impl FnMut(&Request) -> Reply,
 ) {
     loop {
-        drain(&inbox, index, &mut handle);
+        drain(inbox, index, &mut handle);
         inbox.doorbell.wait().await;
     }
 }

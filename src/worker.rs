@@ -246,11 +246,18 @@ async fn run(spec: WorkerSpec) {
     // Routes loaded from the state file are queued already: apply them before accepting.
     let index = spec.index;
     broadcast::drain(&spec.inbox, index, &mut |request| worker.answer(request));
+    let inbox = Rc::new(spec.inbox);
     let answering = Rc::clone(&worker);
-    let inbox = spec.inbox;
+    let requests = Rc::clone(&inbox);
     monoio::spawn(async move {
-        broadcast::serve_requests(inbox, index, |request| answering.answer(request)).await
+        broadcast::serve_requests(&requests, index, |request| answering.answer(request)).await
     });
+    // A busy worker answers at its relays' yields too, sooner than the task above.
+    let answering = Rc::clone(&worker);
+    let requests = Rc::clone(&inbox);
+    crate::task::on_yield(Rc::new(move || {
+        broadcast::drain(&requests, index, &mut |request| answering.answer(request))
+    }));
     // Busy relays yield through this (see task::Budget).
     monoio::spawn(crate::task::yield_pump());
     // Idle plain tunnels are found by one sweep per worker, not a timer per tunnel.
