@@ -11,8 +11,9 @@ use crate::stats::{MetricsSnapshot, Refusal, UserTotals};
 
 /// Upper bounds, in seconds, of the route-change latency buckets: around the 1 ms that
 /// a change may take to reach every worker.
-pub const ROUTE_CHANGE_BOUNDS: [f64; 10] = [
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+pub const ROUTE_CHANGE_BOUNDS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.002, 0.003, 0.005, 0.01,
+    0.025, 0.1, 1.0,
 ];
 
 /// A Prometheus histogram over [`ROUTE_CHANGE_BOUNDS`], kept by the controller thread.
@@ -239,10 +240,11 @@ mod tests {
         let mut out = String::new();
         h.render(&mut out, "x");
         for line in [
+            r#"x_bucket{le="0.00005"} 1"#,
             r#"x_bucket{le="0.0001"} 2"#,
             r#"x_bucket{le="0.0005"} 2"#,
             r#"x_bucket{le="0.001"} 4"#,
-            r#"x_bucket{le="0.0025"} 5"#,
+            r#"x_bucket{le="0.002"} 5"#,
             r#"x_bucket{le="1"} 5"#,
             r#"x_bucket{le="+Inf"} 6"#,
             "x_sum 3.003051",
