@@ -94,17 +94,24 @@ pub async fn handle(mut transport: Transport, peer: Peer, worker: Rc<Worker>) {
         return serve_connection(stream, peer, &worker, deadline).await;
     };
     let accepted = tls_stream::accept(&config, transport, early);
-    match Box::pin(monoio::time::timeout_at(deadline, accepted)).await {
-        Ok(Ok(Accepted::V13(tls))) => serve_connection(tls, peer, &worker, deadline).await,
-        Ok(Ok(Accepted::V12(tls))) => serve_connection(tls, peer, &worker, deadline).await,
+    let accepted = match Box::pin(monoio::time::timeout_at(deadline, accepted)).await {
+        Ok(Ok(accepted)) => accepted,
         Ok(Err(e)) => {
             worker.stats.metrics.refuse(Refusal::TlsError);
             log::debug!("client {peer}: TLS handshake failed: {e}");
+            return;
         }
         Err(_) => {
             worker.stats.metrics.refuse(Refusal::Timeout);
             log::debug!("client {peer}: TLS handshake timed out");
+            return;
         }
+    };
+    match accepted {
+        Accepted::V13(tls) => serve_connection(tls, peer, &worker, deadline).await,
+        // TLS 1.2 goes through rustls's own stream, whose stage is 3.4 KiB: boxed, so that
+        // the common TLS 1.3 connection does not carry room for it.
+        Accepted::V12(tls) => Box::pin(serve_connection(*tls, peer, &worker, deadline)).await,
     }
 }
 

@@ -94,7 +94,7 @@ pub enum TunnelEnd {
 /// `dst`, until either side ends it, it idles out (the worker's sweeper decides, from the
 /// ticket's activity), or the user is kicked. Bytes are counted on `ticket`.
 pub async fn run<R, W>(
-    mut client: ClientReader<R>,
+    client: ClientReader<R>,
     writer: ClientWriter<W>,
     dst: TcpStream,
     ticket: Ticket,
@@ -103,13 +103,14 @@ where
     R: AsyncReadRent + Readiness,
     W: AsyncWriteRent,
 {
-    let (client, writer, ticket) = (&mut client, &writer, &ticket);
+    let (writer, ticket) = (&writer, &ticket);
     let (dst_read, dst_write) = stream::split(dst);
     // The worker's sweeper watches this for `-timeout`: no timer per tunnel.
     let activity = ticket.activity();
     activity.set(Instant::now());
     let wind = Wind::default();
     let end = {
+        // The reader moves into its direction: kept here too, it would take room twice.
         let mut up = pin!(client_to_dst(client, dst_write, writer, activity, ticket));
         let mut down = pin!(dst_to_client(dst_read, writer, activity, ticket, &wind));
         let mut closing = pin!(ticket.closing());
@@ -138,7 +139,7 @@ where
                 // has not yet read of ours: read and drop until dst closes (bounded).
                 // The client is done: end its connection now, then linger on dst.
                 wind.discard.set(true);
-                writer.shutdown().await;
+                Box::pin(writer.shutdown()).await;
                 let _ = Box::pin(monoio::time::timeout(LINGER, down)).await;
             }
             TunnelEnd::Idle | TunnelEnd::Kicked => {
@@ -153,17 +154,22 @@ where
         }
         end
     };
-    // Both directions are dropped by now: the writer is ours alone.
+    // Both directions are dropped by now: the writer is ours alone. The closing steps
+    // are boxed: inline, the tunnel's future would keep room for them all its life.
     match end {
         TunnelEnd::Idle => {
-            writer.send_close(close_code::GOING_AWAY, "idle").await.ok();
+            Box::pin(writer.send_close(close_code::GOING_AWAY, "idle"))
+                .await
+                .ok();
         }
         TunnelEnd::Kicked => {
-            writer.send_close(close_code::POLICY, "").await.ok();
+            Box::pin(writer.send_close(close_code::POLICY, ""))
+                .await
+                .ok();
         }
         _ => {}
     }
-    writer.shutdown().await;
+    Box::pin(writer.shutdown()).await;
     end
 }
 
@@ -177,56 +183,68 @@ struct Wind {
 }
 
 /// Client frames to `dst`: each payload slice is written from the read buffer as it comes.
-async fn client_to_dst<R, D, W>(
-    client: &mut ClientReader<R>,
+///
+/// A plain function returning an `async move` block, not an `async fn`: an `async fn`
+/// keeps a `mut` argument twice in its future (the argument, and the binding it is moved
+/// into), and this future lives as long as the tunnel. Rare steps (close frames, pongs)
+/// are boxed for the same reason.
+#[allow(clippy::manual_async_fn, reason = "an async fn would hold the reader twice")]
+fn client_to_dst<'a, R, D, W>(
+    mut client: ClientReader<R>,
     mut dst: D,
-    writer: &ClientWriter<W>,
-    activity: &Cell<Instant>,
-    ticket: &Ticket,
-) -> TunnelEnd
+    writer: &'a ClientWriter<W>,
+    activity: &'a Cell<Instant>,
+    ticket: &'a Ticket,
+) -> impl Future<Output = TunnelEnd> + 'a
 where
-    R: AsyncReadRent + Readiness,
-    D: AsyncWriteRent,
+    R: AsyncReadRent + Readiness + 'a,
+    D: AsyncWriteRent + 'a,
     W: AsyncWriteRent,
 {
-    let budget = Budget::default();
-    loop {
-        match client.next(activity).await {
-            Ok(Incoming::Data(range)) => {
-                let len = range.len();
-                ticket.up(len);
-                let buf = std::mem::take(client.buf_mut());
-                let (result, slice) = dst.write_all(buf.slice(range)).await;
-                *client.buf_mut() = slice.into_inner();
-                if result.is_err() {
-                    writer.send_close(close_code::INTERNAL_ERROR, "").await.ok();
-                    return TunnelEnd::BackendError;
+    async move {
+        let budget = Budget::default();
+        loop {
+            match client.next(activity).await {
+                Ok(Incoming::Data(range)) => {
+                    let len = range.len();
+                    ticket.up(len);
+                    let buf = std::mem::take(client.buf_mut());
+                    let (result, slice) = dst.write_all(buf.slice(range)).await;
+                    *client.buf_mut() = slice.into_inner();
+                    if result.is_err() {
+                        Box::pin(writer.send_close(close_code::INTERNAL_ERROR, ""))
+                            .await
+                            .ok();
+                        return TunnelEnd::BackendError;
+                    }
+                    budget.spend(len).await;
                 }
-                budget.spend(len).await;
-            }
-            Ok(Incoming::Ping) => {
-                let pong = client.control_payload().to_vec();
-                if writer.send_small(OpCode::Pong, &pong).await.is_err() {
+                Ok(Incoming::Ping) => {
+                    let pong = client.control_payload().to_vec();
+                    if Box::pin(writer.send_small(OpCode::Pong, &pong))
+                        .await
+                        .is_err()
+                    {
+                        return TunnelEnd::ClientGone;
+                    }
+                }
+                Ok(Incoming::Close(code)) => {
+                    // Everything before the close frame is written to dst already.
+                    Box::pin(writer.send_close(code.unwrap_or(close_code::NORMAL), ""))
+                        .await
+                        .ok();
+                    let _ = dst.shutdown().await;
+                    return TunnelEnd::ClientClosed;
+                }
+                Err(ReadEnd::Protocol(e)) => {
+                    Box::pin(writer.send_close(e.close_code(), "")).await.ok();
+                    let _ = dst.shutdown().await;
+                    return TunnelEnd::ClientProtocol(e);
+                }
+                Err(ReadEnd::Gone) => {
+                    let _ = dst.shutdown().await;
                     return TunnelEnd::ClientGone;
                 }
-            }
-            Ok(Incoming::Close(code)) => {
-                // Everything before the close frame is written to dst already.
-                writer
-                    .send_close(code.unwrap_or(close_code::NORMAL), "")
-                    .await
-                    .ok();
-                let _ = dst.shutdown().await;
-                return TunnelEnd::ClientClosed;
-            }
-            Err(ReadEnd::Protocol(e)) => {
-                writer.send_close(e.close_code(), "").await.ok();
-                let _ = dst.shutdown().await;
-                return TunnelEnd::ClientProtocol(e);
-            }
-            Err(ReadEnd::Gone) => {
-                let _ = dst.shutdown().await;
-                return TunnelEnd::ClientGone;
             }
         }
     }
@@ -253,7 +271,9 @@ where
             return TunnelEnd::Idle;
         }
         if drained && dst.wait_readable().await.is_err() {
-            writer.send_close(close_code::INTERNAL_ERROR, "").await.ok();
+            Box::pin(writer.send_close(close_code::INTERNAL_ERROR, ""))
+                .await
+                .ok();
             return TunnelEnd::BackendError;
         }
         let mut buf: Vec<u8> = Vec::with_capacity(HEADER_ROOM + size);
@@ -264,12 +284,16 @@ where
         buf = slice.into_inner();
         let n = match result {
             Ok(0) => {
-                writer.send_close(close_code::NORMAL, "").await.ok();
+                Box::pin(writer.send_close(close_code::NORMAL, ""))
+                    .await
+                    .ok();
                 return TunnelEnd::BackendClosed;
             }
             Ok(n) => n,
             Err(_) => {
-                writer.send_close(close_code::INTERNAL_ERROR, "").await.ok();
+                Box::pin(writer.send_close(close_code::INTERNAL_ERROR, ""))
+                    .await
+                    .ok();
                 return TunnelEnd::BackendError;
             }
         };
