@@ -10,9 +10,9 @@
 # Targets, all running at once on 127.0.0.1, all relaying to the same `loadgen sink`:
 #   tcp            the sink itself: loopback TCP with no relay (no server CPU)
 #   haproxy        HAProxy, mode tcp, bind ... ssl crt (same certificate), 2 threads pinned
-#   ours-epoll     mtt-mu-server -driver epoll (the default driver), WSS
-#   ours-uring     mtt-mu-server -driver io_uring, WSS (the log's ready line must say
-#                  driver=io_uring; MONOIO_FORCE_LEGACY_DRIVER is cleared for it)
+#   ours-epoll     mtt-mu-server -driver epoll, WSS
+#   ours-uring     mtt-mu-server -driver io_uring (the default), WSS (the log's ready line
+#                  must say driver=io_uring; MONOIO_FORCE_LEGACY_DRIVER is cleared for it)
 #   .../mux        the same server, one smux session carrying the streams
 # The loopback baseline and HAProxy speak raw TCP / raw TLS through the same load tool.
 # Every ratio in the table is target / haproxy of the same run.
@@ -245,36 +245,38 @@ if want latency; then
     # the workers for the same two cores: the kernel keeps a busy worker waiting for a CPU
     # a quarter to half of the time), and at SCHED_IDLE (chrt -i 0), standing in for
     # remote peers, so that the workers have the cores as on a real server.
-    log "route change latency (idle, then under a 4-stream download through the same server)"
-    for t in "ours-epoll $EPOLL_CTL $EPOLL_DATA" "ours-uring $URING_CTL $URING_DATA"; do
-        set -- $t
-        LG latency --controller "127.0.0.1:$2" --target "$1" --label ", idle"
-    done
-    for prio in normal idle; do
-        wrap=()
-        if [[ $prio == idle ]]; then
-            wrap=(chrt -i 0)
-            chrt -a -i -p 0 "$SINK_PID" >/dev/null
-        fi
+    for rep in $(seq "$REPS"); do
+        log "route change latency, run $rep of $REPS (idle, then under a 4-stream download)"
         for t in "ours-epoll $EPOLL_CTL $EPOLL_DATA" "ours-uring $URING_CTL $URING_DATA"; do
             set -- $t
-            timeout 120 "${wrap[@]}" "$LOADGEN" bulk --addr "127.0.0.1:$3" --proto wss \
-                --path /bench0 --dir down --streams 4 --bytes 8G >/dev/null 2>&1 &
-            load=$!
-            sleep 1
-            LG latency --controller "127.0.0.1:$2" --target "$1" \
-                --label ", under a 4-stream download, load tools at $prio priority"
-            kill "$load" 2>/dev/null || true
-            wait "$load" 2>/dev/null || true
+            LG latency --controller "127.0.0.1:$2" --target "$1" --label ", idle"
+        done
+        for prio in normal idle; do
+            wrap=()
+            if [[ $prio == idle ]]; then
+                wrap=(chrt -i 0)
+                chrt -a -i -p 0 "$SINK_PID" >/dev/null
+            fi
+            for t in "ours-epoll $EPOLL_CTL $EPOLL_DATA" "ours-uring $URING_CTL $URING_DATA"; do
+                set -- $t
+                timeout 120 "${wrap[@]}" "$LOADGEN" bulk --addr "127.0.0.1:$3" --proto wss \
+                    --path /bench0 --dir down --streams 4 --bytes 8G >/dev/null 2>&1 &
+                load=$!
+                sleep 1
+                LG latency --controller "127.0.0.1:$2" --target "$1" \
+                    --label ", under a 4-stream download, load tools at $prio priority"
+                kill "$load" 2>/dev/null || true
+                wait "$load" 2>/dev/null || true
+            done
         done
     done
     chrt -a -o -p 0 "$SINK_PID" >/dev/null
 fi
 
 if want wrk; then
-    log "wrk against the controller of ours-epoll (the default driver)"
+    log "wrk against the controller of ours-uring (the default driver)"
     for script in ping add; do
-        timeout 60 wrk -t2 -c16 -d5s -s "tools/wrk/$script.lua" "http://127.0.0.1:$EPOLL_CTL/" \
+        timeout 60 wrk -t2 -c16 -d5s -s "tools/wrk/$script.lua" "http://127.0.0.1:$URING_CTL/" \
             | tee "$OUT/wrk-$script.txt" >&2
     done
 fi
@@ -305,9 +307,9 @@ if want users; then
             set -- $spec
             # Fresh ports each time: the previous server's sockets may linger.
             USERS_PORT=$((USERS_PORT + 2))
-            start_ours ours-users $USERS_PORT $((USERS_PORT + 1)) epoll
+            start_ours ours-users $USERS_PORT $((USERS_PORT + 1)) io_uring
             LG users --controller "127.0.0.1:$((USERS_PORT + 1))" --server-pid "$OURS_PID" \
-                --target ours-epoll --count "$1" --per-post "$2"
+                --target ours-uring --count "$1" --per-post "$2"
             stop "$OURS_PID"
         done
     done
