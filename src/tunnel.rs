@@ -188,7 +188,10 @@ struct Wind {
 /// keeps a `mut` argument twice in its future (the argument, and the binding it is moved
 /// into), and this future lives as long as the tunnel. Rare steps (close frames, pongs)
 /// are boxed for the same reason.
-#[allow(clippy::manual_async_fn, reason = "an async fn would hold the reader twice")]
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold the reader twice"
+)]
 fn client_to_dst<'a, R, D, W>(
     mut client: ClientReader<R>,
     mut dst: D,
