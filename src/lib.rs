@@ -31,8 +31,9 @@
 //! - [`mux`]: the smux v1 session (multiplexed mode).
 //! - [`smux`]: the smux v1 frame codec.
 //! - [`task`]: spawning tasks so that a panic ends only its own task; the relay budget
-//!   and the yield pump that keep a busy tunnel from stalling its worker.
-//! - [`routes`]: the route table and the changes made to it.
+//!   and the yield pump that keep a busy tunnel from stalling its worker, and the yield
+//!   hook where a busy worker answers the controller.
+//! - [`routes`]: the route table (one thin shared block per user) and the changes made to it.
 //! - [`broadcast`]: requests from the controller to every worker (route changes, counters,
 //!   kicks, metrics) and their answers.
 //! - [`stats`]: per-user and per-worker counters, kicking.

@@ -3,6 +3,11 @@
 //! listener on the data address, its own copy of the routes, and nothing shared with other
 //! workers on the data path.
 //!
+//! A worker answers the controller (route changes, counters, kicks) from a task woken by its
+//! doorbell, and, while its relays are busy, at each relay's budget yield
+//! ([`crate::task::on_yield`]): a change then waits for at most one relay's 256 KiB, not
+//! for the request task's turn behind all of them.
+//!
 //! Also here: binding the listeners (refusing to start when another process already holds
 //! the port, which SO_REUSEPORT would otherwise allow silently) and containing a panic in
 //! one connection's task so the worker's other connections go on.
