@@ -169,23 +169,31 @@ mod tests {
 #[cfg(test)]
 mod budget_tests {
     use std::cell::Cell;
+    use std::future::Future;
     use std::rc::Rc;
 
-    #[test]
-    fn a_busy_loop_with_a_budget_lets_its_neighbours_run() {
+    /// Runs `body` on an epoll runtime whose yield pump has started, as on a worker.
+    fn run_with_pump(body: impl Future<Output = ()>) {
         let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .build()
             .unwrap();
+        runtime.block_on(async move {
+            monoio::spawn(super::yield_pump());
+            // Let the pump start, as it does long before a worker relays anything.
+            monoio::spawn(async {}).await;
+            body.await
+        });
+    }
+
+    #[test]
+    fn a_busy_loop_with_a_budget_lets_its_neighbours_run() {
         let neighbour_ran_at = Rc::new(Cell::new(None));
-        runtime.block_on({
+        run_with_pump({
             let neighbour_ran_at = Rc::clone(&neighbour_ran_at);
             async move {
                 let progress = Rc::new(Cell::new(0usize));
                 let seen = Rc::clone(&progress);
                 let flag = Rc::clone(&neighbour_ran_at);
-                monoio::spawn(super::yield_pump());
-                // Let the pump start, as it does long before a worker relays anything.
-                monoio::spawn(async {}).await;
                 monoio::spawn(async move { flag.set(Some(seen.get())) });
                 // A "relay" whose every operation completes at once: without the budget
                 // it would finish all 4 MiB before the neighbour ran.
@@ -202,16 +210,11 @@ mod budget_tests {
 
     #[test]
     fn the_yield_hook_runs_at_every_yield_before_the_task_steps_aside() {
-        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .build()
-            .unwrap();
         let progress = Rc::new(Cell::new(0usize));
         let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
-        runtime.block_on({
+        run_with_pump({
             let (progress, seen) = (Rc::clone(&progress), Rc::clone(&seen));
             async move {
-                monoio::spawn(super::yield_pump());
-                monoio::spawn(async {}).await;
                 let at = Rc::clone(&progress);
                 super::on_yield(Rc::new(move || seen.borrow_mut().push(at.get())));
                 let budget = super::Budget::default();
@@ -228,15 +231,10 @@ mod budget_tests {
 
     #[test]
     fn two_busy_loops_both_yield() {
-        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .build()
-            .unwrap();
         let seen_by_neighbour = Rc::new(Cell::new(None));
-        runtime.block_on({
+        run_with_pump({
             let seen_by_neighbour = Rc::clone(&seen_by_neighbour);
             async move {
-                monoio::spawn(super::yield_pump());
-                monoio::spawn(async {}).await;
                 let progress = [Rc::new(Cell::new(0usize)), Rc::new(Cell::new(0usize))];
                 let relays: Vec<_> = progress
                     .iter()

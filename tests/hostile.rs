@@ -142,15 +142,6 @@ fn finish(server: &Server, baseline: usize) {
     assert_no_panic(server);
 }
 
-fn rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Raw sockets.
 

@@ -612,16 +612,6 @@ fn idle_tunnel_whose_client_stopped_reading_is_still_closed() {
     }
 }
 
-/// The server's resident memory, in KiB.
-fn rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// An open, idle TLS tunnel holds no buffers, no timer and no room for the stages it has
 /// left (handshake, head, upgrade): measured 6.5 KiB of server memory in a release build,
 /// 15.5 KiB before its task stopped carrying its future twice (a debug build: 10.4 and
