@@ -39,6 +39,36 @@ struct UserArg<'a> {
     dst: Option<Cow<'a, str>>,
 }
 
+/// A JSON string borrowed from the body where it can be (no escapes), owned where it must
+/// be. (serde's own `Cow<str>` always allocates.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<Text<'a>>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Text<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visit(std::marker::PhantomData))
+    }
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for UserArg<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Entry<'a>(std::marker::PhantomData<UserArg<'a>>);
@@ -54,7 +84,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for UserArg<'a> {
                 mut map: A,
             ) -> Result<UserArg<'a>, A::Error> {
                 let mut entry = UserArg::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key::<Text<'a>>()? {
                     let slot = match &*key {
                         "path" => &mut entry.path,
                         "dst" => &mut entry.dst,
@@ -66,7 +96,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for UserArg<'a> {
                     if slot.is_some() {
                         return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
                     }
-                    *slot = map.next_value::<Option<Cow<'de, str>>>()?;
+                    *slot = map.next_value::<Option<Text<'a>>>()?.map(|text| text.0);
                 }
                 Ok(entry)
             }
@@ -211,6 +241,17 @@ mod tests {
 
     fn err(body: &str) -> CommandError {
         parse_command(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn user_strings_borrow_from_the_body_unless_escaped() {
+        let body = br#"{"opt":1,"args_bunch":[{"path":"/plain","dst":"h:1"},{"path":"/esc\u00e9\"q","dst":"h:2"}]}"#;
+        let parsed: CommandBody = serde_json::from_slice(body).unwrap();
+        let args = parsed.args_bunch.unwrap();
+        assert!(matches!(args[0].path, Some(Cow::Borrowed("/plain"))));
+        assert!(matches!(args[0].dst, Some(Cow::Borrowed("h:1"))));
+        assert!(matches!(args[1].path, Some(Cow::Owned(_))));
+        assert_eq!(args[1].path.as_deref(), Some("/esc\u{e9}\"q"));
     }
 
     #[test]
