@@ -64,6 +64,9 @@ pub struct ClientReader<R> {
     drained: bool,
     /// Data is flowing: read with a larger buffer.
     flowing: bool,
+    /// A control frame found while coalescing data (see [`ClientReader::coalesce`]),
+    /// returned by the next call of [`ClientReader::next`].
+    pending: Option<Incoming>,
 }
 
 impl<R: AsyncReadRent + Readiness> ClientReader<R> {
@@ -80,6 +83,7 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
             pos: 0,
             drained: false,
             flowing: false,
+            pending: None,
         }
     }
 
@@ -100,6 +104,9 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
 
     /// The next thing the client sent. `activity` is set whenever bytes arrive.
     pub async fn next(&mut self, activity: &Cell<Instant>) -> Result<Incoming, ReadEnd> {
+        if let Some(event) = self.pending.take() {
+            return Ok(event);
+        }
         loop {
             while self.pos < self.buf.len() {
                 let (event, consumed) = self
@@ -120,6 +127,37 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
             }
             self.refill(activity).await?;
         }
+    }
+
+    /// Joins to `range` (the data range [`ClientReader::next`] just returned) the payload
+    /// of every further data frame already in the buffer, moving it back over the frame
+    /// headers in between, so that one write to `dst` carries what one read brought: a
+    /// 64 KiB read of 16 KiB frames was four sends, each with its own trip through the
+    /// kernel's network stack, and is one. Decoding stops at the end of the buffered bytes
+    /// and at a control frame (kept for the next call of `next`). It also stops at a
+    /// protocol error, without consuming anything: the decoder repeats the error to the
+    /// next `next`, after the data before it has gone out.
+    pub fn coalesce(&mut self, mut range: Range<usize>) -> Range<usize> {
+        while self.pending.is_none() && self.pos < self.buf.len() {
+            let Ok((event, consumed)) = self.decoder.decode(&mut self.buf[self.pos..]) else {
+                break;
+            };
+            let base = self.pos;
+            self.pos += consumed;
+            match event {
+                None => break,
+                Some(ws::Event::Data(more)) => {
+                    let more = base + more.start..base + more.end;
+                    let len = more.len();
+                    self.buf.copy_within(more, range.end);
+                    range.end += len;
+                }
+                Some(ws::Event::Pong) => {}
+                Some(ws::Event::Ping) => self.pending = Some(Incoming::Ping),
+                Some(ws::Event::Close(code)) => self.pending = Some(Incoming::Close(code)),
+            }
+        }
+        range
     }
 
     async fn refill(&mut self, activity: &Cell<Instant>) -> Result<(), ReadEnd> {
@@ -305,5 +343,100 @@ impl<W: AsyncWriteRent> ClientWriter<W> {
             turn.writing = false;
         }
         self.poisoned.set(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that sent nothing beyond the bytes given to the reader up front.
+    struct Silent;
+
+    impl AsyncReadRent for Silent {
+        async fn read<T: IoBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+            (Ok(0), buf)
+        }
+        async fn readv<T: monoio::buf::IoVecBufMut>(
+            &mut self,
+            buf: T,
+        ) -> monoio::BufResult<usize, T> {
+            (Ok(0), buf)
+        }
+    }
+
+    impl Readiness for Silent {
+        async fn wait_readable(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![u8::from(fin) << 7 | opcode, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[test]
+    fn coalescing_joins_buffered_data_and_keeps_control_frames_in_order() {
+        let mut wire = Vec::new();
+        wire.extend(frame(true, 0x2, b"ab"));
+        wire.extend(frame(false, 0x1, b"c\xc3")); // a text message, a character split
+        wire.extend(frame(true, 0x0, b"\xa9d"));
+        wire.extend(frame(true, 0xA, b"pong")); // swallowed
+        wire.extend(frame(true, 0x9, b"ping"));
+        wire.extend(frame(true, 0x2, b"ef"));
+        wire.extend(frame(true, 0x8, &[0x03, 0xE8]));
+        let mut reader = ClientReader::new(Silent, wire);
+        let activity = Cell::new(Instant::now());
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let Ok(Incoming::Data(first)) = reader.next(&activity).await else {
+                    panic!("no data first");
+                };
+                assert_eq!(&reader.buf()[first.clone()], b"ab");
+                let joined = reader.coalesce(first);
+                assert_eq!(&reader.buf()[joined], "abc\u{e9}d".as_bytes());
+                assert_eq!(reader.next(&activity).await, Ok(Incoming::Ping));
+                assert_eq!(reader.control_payload(), b"ping");
+                let Ok(Incoming::Data(last)) = reader.next(&activity).await else {
+                    panic!("no data after the ping");
+                };
+                let last = reader.coalesce(last);
+                assert_eq!(&reader.buf()[last], b"ef");
+                assert_eq!(
+                    reader.next(&activity).await,
+                    Ok(Incoming::Close(Some(1000)))
+                );
+                assert_eq!(reader.next(&activity).await, Err(ReadEnd::Gone));
+            });
+    }
+
+    #[test]
+    fn coalescing_stops_before_a_protocol_error_and_the_error_follows() {
+        let mut wire = frame(true, 0x2, b"ok");
+        wire.extend(frame(true, 0x2, b"too"));
+        wire.extend(frame(true, 0x3, b"")); // a reserved opcode
+        let mut reader = ClientReader::new(Silent, wire);
+        let activity = Cell::new(Instant::now());
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let Ok(Incoming::Data(first)) = reader.next(&activity).await else {
+                    panic!("no data first");
+                };
+                let joined = reader.coalesce(first);
+                assert_eq!(&reader.buf()[joined], b"oktoo");
+                assert!(matches!(
+                    reader.next(&activity).await,
+                    Err(ReadEnd::Protocol(_))
+                ));
+            });
     }
 }

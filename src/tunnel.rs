@@ -209,6 +209,8 @@ where
         loop {
             match client.next(activity).await {
                 Ok(Incoming::Data(range)) => {
+                    // The data frames that came in the same read go out in one write.
+                    let range = client.coalesce(range);
                     let len = range.len();
                     ticket.up(len);
                     let buf = std::mem::take(client.buf_mut());
