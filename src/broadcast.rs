@@ -129,9 +129,19 @@ pub async fn serve_requests(
 }
 
 /// Answers every request already queued, without waiting.
+///
+/// A panic while answering ends the process: the worker may have applied part of a route
+/// change, and a worker whose table differs from the controller's would route wrongly
+/// from then on, silently. (Answering is plain map and counter work; nothing the network
+/// or the panel sends reaches it unvalidated.)
 pub fn drain(inbox: &WorkerInbox, index: usize, handle: &mut impl FnMut(&Request) -> Reply) {
     while let Ok(envelope) = inbox.requests.try_recv() {
-        let reply = handle(&envelope.request);
+        let answered =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(&envelope.request)));
+        let Ok(reply) = answered else {
+            log::error!("internal: worker {index} panicked answering the controller; exiting");
+            std::process::abort();
+        };
         // The controller may have stopped waiting (it never does today); an unread
         // answer is harmless.
         let _ = envelope.reply.send((index, reply));

@@ -111,11 +111,11 @@ impl Route {
     }
 
     fn layout(text_len: u32) -> Layout {
-        Layout::from_size_align(
-            size_of::<Header>() + text_len as usize,
-            align_of::<Header>(),
-        )
-        .expect("route block layout")
+        // Checked: on a 32-bit target the sum could wrap and under-allocate.
+        let size = size_of::<Header>()
+            .checked_add(text_len as usize)
+            .expect("route block size");
+        Layout::from_size_align(size, align_of::<Header>()).expect("route block layout")
     }
 
     /// Where the text starts: right after the header.
@@ -142,7 +142,9 @@ impl Clone for Route {
 impl Drop for Route {
     fn drop(&mut self) {
         // Release then Acquire before freeing, as in `Arc::drop`: every use of the block
-        // through other handles happens before it is freed.
+        // through other handles happens before it is freed. (As in `Arc`, the `&Header`
+        // of this call outlives the decrement while another thread may free the block;
+        // it is not used after, rust-lang/rust#55005.)
         if self.header().refs.fetch_sub(1, Ordering::Release) != 1 {
             return;
         }

@@ -196,6 +196,11 @@ pub struct StatsTable {
 }
 
 impl StatsTable {
+    /// Whether the table of users is borrowed at this moment.
+    pub fn in_use(&self) -> bool {
+        self.users.try_borrow_mut().is_err()
+    }
+
     /// Counts a new connection of `path`; it is counted as open until the ticket drops.
     pub fn open(&self, path: &str, kind: Kind, client: Option<std::net::SocketAddr>) -> Ticket {
         let user = {

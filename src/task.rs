@@ -104,7 +104,20 @@ pub async fn yield_now() {
 
 /// The worker's task that wakes yielded tasks; spawn one per worker runtime.
 pub async fn yield_pump() {
+    /// The pump goes only with its runtime: forget it and the tasks that waited for it
+    /// (they go with the runtime too; waking them now would schedule onto a runtime that
+    /// is being dropped), so that a later runtime on this thread starts clean.
+    struct Stopped;
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            // `try_with`: the pump may be dropped while the thread's locals are.
+            let _ = PUMPED.try_with(|pumped| pumped.set(false));
+            let _ = PUMP.try_with(|pump| pump.borrow_mut().take());
+            let _ = YIELDED.try_with(|list| list.borrow_mut().clear());
+        }
+    }
     PUMPED.set(true);
+    let _stopped = Stopped;
     poll_fn(|cx| {
         let woken = YIELDED.with(|list| std::mem::take(&mut *list.borrow_mut()));
         for waker in woken {

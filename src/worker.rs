@@ -149,6 +149,13 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Whether nothing [`Worker::answer`] borrows is borrowed now.
+    fn can_answer(&self) -> bool {
+        self.routes.try_borrow_mut().is_ok()
+            && self.tls.try_borrow_mut().is_ok()
+            && !self.stats.in_use()
+    }
+
     /// Answers one request from the controller.
     fn answer(&self, request: &Request) -> Reply {
         match request {
@@ -261,7 +268,11 @@ async fn run(spec: WorkerSpec) {
     let answering = Rc::clone(&worker);
     let requests = Rc::clone(&inbox);
     crate::task::on_yield(Rc::new(move || {
-        broadcast::drain(&requests, index, &mut |request| answering.answer(request))
+        // The hook runs inside a relay's poll: should anything there hold what answering
+        // needs, leave the requests to the task above rather than panic on a borrow.
+        if answering.can_answer() {
+            broadcast::drain(&requests, index, &mut |request| answering.answer(request))
+        }
     }));
     // Busy relays yield through this (see task::Budget).
     monoio::spawn(crate::task::yield_pump());
