@@ -371,6 +371,22 @@ mod tests {
         }
     }
 
+    /// Runs `body` on a runtime of its own.
+    fn block_on(body: impl std::future::Future<Output = ()>) {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap()
+            .block_on(body)
+    }
+
+    /// The next thing the reader gives, which must be data: its range.
+    async fn data(reader: &mut ClientReader<Silent>, activity: &Cell<Instant>) -> Range<usize> {
+        match reader.next(activity).await {
+            Ok(Incoming::Data(range)) => range,
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+
     /// A masked client frame.
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [0x37, 0xfa, 0x21, 0x3d];
@@ -392,29 +408,22 @@ mod tests {
         wire.extend(frame(true, 0x8, &[0x03, 0xE8]));
         let mut reader = ClientReader::new(Silent, wire);
         let activity = Cell::new(Instant::now());
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let Ok(Incoming::Data(first)) = reader.next(&activity).await else {
-                    panic!("no data first");
-                };
-                assert_eq!(&reader.buf()[first.clone()], b"ab");
-                let joined = reader.coalesce(first);
-                assert_eq!(&reader.buf()[joined], "abc\u{e9}d".as_bytes());
-                assert_eq!(reader.next(&activity).await, Ok(Incoming::Ping));
-                assert_eq!(reader.control_payload(), b"ping");
-                let Ok(Incoming::Data(last)) = reader.next(&activity).await else {
-                    panic!("no data after the ping");
-                };
-                let last = reader.coalesce(last);
-                assert_eq!(&reader.buf()[last], b"ef");
-                assert_eq!(
-                    reader.next(&activity).await,
-                    Ok(Incoming::Close(Some(1000)))
-                );
-                assert_eq!(reader.next(&activity).await, Err(ReadEnd::Gone));
-            });
+        block_on(async {
+            let first = data(&mut reader, &activity).await;
+            assert_eq!(&reader.buf()[first.clone()], b"ab");
+            let joined = reader.coalesce(first);
+            assert_eq!(&reader.buf()[joined], "abc\u{e9}d".as_bytes());
+            assert_eq!(reader.next(&activity).await, Ok(Incoming::Ping));
+            assert_eq!(reader.control_payload(), b"ping");
+            let last = data(&mut reader, &activity).await;
+            let last = reader.coalesce(last);
+            assert_eq!(&reader.buf()[last], b"ef");
+            assert_eq!(
+                reader.next(&activity).await,
+                Ok(Incoming::Close(Some(1000)))
+            );
+            assert_eq!(reader.next(&activity).await, Err(ReadEnd::Gone));
+        });
     }
 
     #[test]
@@ -424,19 +433,14 @@ mod tests {
         wire.extend(frame(true, 0x3, b"")); // a reserved opcode
         let mut reader = ClientReader::new(Silent, wire);
         let activity = Cell::new(Instant::now());
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let Ok(Incoming::Data(first)) = reader.next(&activity).await else {
-                    panic!("no data first");
-                };
-                let joined = reader.coalesce(first);
-                assert_eq!(&reader.buf()[joined], b"oktoo");
-                assert!(matches!(
-                    reader.next(&activity).await,
-                    Err(ReadEnd::Protocol(_))
-                ));
-            });
+        block_on(async {
+            let first = data(&mut reader, &activity).await;
+            let joined = reader.coalesce(first);
+            assert_eq!(&reader.buf()[joined], b"oktoo");
+            assert!(matches!(
+                reader.next(&activity).await,
+                Err(ReadEnd::Protocol(_))
+            ));
+        });
     }
 }
