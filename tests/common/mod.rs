@@ -260,12 +260,7 @@ impl Write for Conn {
 
 /// The server's resident memory, in KiB.
 pub fn rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    soak::procfs::rss_kib(server.pid()).expect("VmRSS of the server")
 }
 
 /// A TLS client that accepts any certificate (the server's is self-signed) and offers no

@@ -264,13 +264,6 @@ pub fn upgrade(t: &mut Transport, path: &str, protocol: &str) -> io::Result<Vec<
     }
 }
 
-/// XORs `data` with [`MASK`]; `data[0]` is payload byte `offset`.
-pub fn mask(data: &mut [u8], offset: usize) {
-    for (i, b) in data.iter_mut().enumerate() {
-        *b ^= MASK[(offset + i) & 3];
-    }
-}
-
 /// Appends a masked binary client frame carrying `payload`.
 pub fn ws_frame(payload: &[u8], out: &mut Vec<u8>) {
     ws_frame_with(0x2, payload, out)
@@ -278,21 +271,7 @@ pub fn ws_frame(payload: &[u8], out: &mut Vec<u8>) {
 
 /// Appends a masked client frame with this opcode.
 pub fn ws_frame_with(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
-    let len = payload.len();
-    out.push(0x80 | opcode);
-    if len <= 125 {
-        out.push(0x80 | len as u8);
-    } else if len <= 0xFFFF {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&MASK);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    mask(&mut out[start..], 0);
+    soak::ws::push_frame(out, true, opcode, payload, MASK);
 }
 
 /// What the server sent next.
@@ -498,8 +477,11 @@ mod tests {
             assert_eq!(out[0], 0x82);
             assert_eq!(out[1] & 0x80, 0x80, "client frames are masked");
             assert_eq!(&out[header - 4..header], &MASK);
-            let mut body = out[header..].to_vec();
-            mask(&mut body, 0);
+            let body: Vec<u8> = out[header..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ MASK[i & 3])
+                .collect();
             assert_eq!(body, payload);
         }
     }

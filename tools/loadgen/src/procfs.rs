@@ -28,13 +28,7 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
 
 /// Resident set size in bytes.
 pub fn rss_bytes(pid: u32) -> io::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .ok_or_else(|| io::Error::other("no VmRSS in /proc/PID/status"))
+    soak::procfs::rss_kib(pid).map(|kib| kib * 1024)
 }
 
 /// A CPU meter over an optional process: `None` when no `--server-pid` was given (the
@@ -58,28 +52,4 @@ impl CpuMeter {
     }
 }
 
-/// Raises RLIMIT_NOFILE to at least `want` (the hard limit too: we run as root), or as
-/// far as allowed. Returns the soft limit in force afterwards.
-pub fn raise_nofile(want: u64) -> u64 {
-    // SAFETY: getrlimit/setrlimit on a stack struct we own.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur >= want {
-            return limit.rlim_cur;
-        }
-        let raised = libc::rlimit {
-            rlim_cur: want,
-            rlim_max: limit.rlim_max.max(want),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-            return want;
-        }
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur
-    }
-}
+pub use soak::procfs::raise_nofile;
