@@ -270,7 +270,7 @@ async fn run(spec: WorkerSpec) {
     crate::task::on_yield(Rc::new(move || {
         // The hook runs inside a relay's poll: should anything there hold what answering
         // needs, leave the requests to the task above rather than panic on a borrow.
-        if answering.can_answer() {
+        if !requests.requests.is_empty() && answering.can_answer() {
             broadcast::drain(&requests, index, &mut |request| answering.answer(request))
         }
     }));
