@@ -10,61 +10,46 @@
 //!
 //! # Layout
 //!
-//! Data flows down this list: accept, TLS, head, route, tunnel.
+//! One folder a layer. Data flows down: accept (`worker/`), TLS (`net/`), head and route
+//! (`tunnel/` with [`proto`]), tunnel; the control plane (`control/`) talks to workers
+//! only by message. A module uses only those below it in this list, never one above:
 //!
+//! - [`server`] (start-up: binds every listener, starts workers and the controller) and
+//!   `main.rs` (argv, logging, exit codes).
 //! - [`config`]: argv in Go's flag syntax to a [`config::Config`]; Go durations.
-//! - [`server`]: start-up; binds every listener, starts workers and the controller.
-//! - [`worker`]: one thread per core: runtime, listeners, accept loop, connection cap,
-//!   draining, the idle sweep, answering the controller.
-//! - [`stream`]: the data port's transport (TCP or unix socket) behind one type.
-//! - [`proxy_protocol`]: PROXY v1/v2 headers in front of data connections.
-//! - [`tls`]: the rustls configuration (files or self-signed), ALPN, resumption, reload.
-//! - [`tls_stream`]: the handshake, then our own TLS 1.3 record layer (rustls for TLS 1.2).
-//! - [`connection`]: one data-port connection from TLS handshake to tunnel: heads,
-//!   routing, upgrade checks, mode choice.
-//! - [`http`]: bounded request-head reading, route keys, canned responses.
-//! - [`fallback`]: handing non-tunnel connections to a real web server.
-//! - [`ws`]: the RFC 6455 frame codec (server side), in-place unmasking.
-//! - [`client`]: the client side of a tunnel: frame reader (in place) and the single
-//!   frame writer.
-//! - [`tunnel`]: the plain tunnel, and dialing destinations.
-//! - [`mux`]: the smux v1 session (multiplexed mode).
-//! - [`smux`]: the smux v1 frame codec.
-//! - [`task`]: spawning tasks so that a panic ends only its own task; the relay budget
-//!   and the yield pump that keep a busy tunnel from stalling its worker, and the yield
-//!   hook where a busy worker answers the controller.
-//! - [`routes`]: the route table (one thin shared block per user) and the changes made to it.
-//! - [`broadcast`]: requests from the controller to every worker (route changes, counters,
-//!   kicks, metrics) and their answers.
-//! - [`stats`]: per-user and per-worker counters, kicking.
-//! - [`controller`]: the control API on its own thread: authoritative table, HTTP, auth,
-//!   `/metrics`.
-//! - [`command`]: parsing and validating the controller's JSON commands.
-//! - [`state`]: durable users (`-state FILE`): a log of changes with compaction.
-//! - [`metrics`]: the Prometheus text format of `/metrics`.
-//! - [`doorbell`]: waking a worker's task from another thread (route changes, shutdown).
+//! - `worker/`: one thread per core: runtime, accept loop, connection cap, draining, the
+//!   idle sweep, answering the controller. Owns each worker's `tunnel::Context`.
+//! - `tunnel/`: one connection from TLS handshake to end: heads, routing, upgrade, the
+//!   plain tunnel, the mux session, the fallback hand-off.
+//! - `control/`: the controller thread (HTTP API, commands, state file, `/metrics`), the
+//!   route table and per-user counters it manages, and its messages to the workers.
+//! - `net/`: transports, listeners, dialing, bounded head reading, the TLS configuration
+//!   and our TLS 1.3 record layer.
+//! - `runtime/`: contained task spawning, the relay budget and yield hook, doorbells.
+//! - [`proto`]: the wire formats (WebSocket, smux, HTTP heads, PROXY headers) as pure
+//!   parsers and encoders; it builds without monoio (`--no-default-features`).
+//!
+//! Tests, benches and tools reach the crate through what is `pub` here; everything else
+//! is `pub(crate)`.
 
-pub mod broadcast;
-pub mod client;
-pub mod command;
 pub mod config;
-pub mod connection;
-pub mod controller;
-pub mod doorbell;
-pub mod fallback;
-pub mod http;
-pub mod metrics;
-pub mod mux;
-pub mod proxy_protocol;
-pub mod routes;
+pub mod proto;
+#[cfg(feature = "runtime")]
 pub mod server;
-pub mod smux;
-pub mod state;
-pub mod stats;
-pub mod stream;
-pub mod task;
-pub mod tls;
-pub mod tls_stream;
-pub mod tunnel;
-pub mod worker;
-pub mod ws;
+
+#[cfg(feature = "runtime")]
+pub(crate) mod control;
+#[cfg(feature = "runtime")]
+pub(crate) mod net;
+#[cfg(feature = "runtime")]
+pub(crate) mod runtime;
+#[cfg(feature = "runtime")]
+pub(crate) mod tunnel;
+#[cfg(feature = "runtime")]
+pub(crate) mod worker;
+
+// The public surface for tests, benches, fuzzing and tools: the codecs, and the
+// controller's command parsing and route table (which benches drive directly).
+#[cfg(feature = "runtime")]
+pub use control::{controller, routes};
+pub use proto::{http, proxy_protocol, smux, ws};

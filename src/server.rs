@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::broadcast::{self, Request, WorkerLink};
 use crate::config::{self, Config, Secret, TlsMode};
-use crate::controller::{Controller, Options};
-use crate::doorbell::Doorbell;
-use crate::state::StateFile;
-use crate::tls;
+use crate::control::broadcast::{self, Request, WorkerLink};
+use crate::control::controller::{Controller, Options};
+use crate::control::state::StateFile;
+use crate::net::listen;
+use crate::net::tls;
+use crate::runtime::doorbell::Doorbell;
+use crate::tunnel;
 use crate::worker::{self, ConnectionLimit, Driver, Settings, WorkerSpec};
 
 /// Threads for name resolution of destinations, shared by all workers.
@@ -204,7 +206,7 @@ pub fn start(config: Config) -> Result<Running, String> {
         ((0..config.workers).map(|_| None).collect::<Vec<_>>(), None)
     } else {
         let addr = config::listen_addr(&config.bind).map_err(|e| format!("-b: {e}"))?;
-        let listeners = worker::bind_data_listeners(addr, config.workers, config.fast_open)
+        let listeners = listen::bind_data_listeners(addr, config.workers, config.fast_open)
             .map_err(|e| format!("-b {}: {e}", config.bind))?;
         let addr = listeners[0]
             .local_addr()
@@ -212,10 +214,10 @@ pub fn start(config: Config) -> Result<Running, String> {
         (listeners.into_iter().map(Some).collect(), Some(addr))
     };
     let unix_listener = match &config.bind_unix {
-        Some(path) => Some(worker::bind_unix(path).map_err(|e| format!("-bind-unix {path}: {e}"))?),
+        Some(path) => Some(listen::bind_unix(path).map_err(|e| format!("-bind-unix {path}: {e}"))?),
         None => None,
     };
-    let controller_listener = worker::bind_socket(controller_addr, false)
+    let controller_listener = listen::bind_socket(controller_addr, false)
         .map_err(|e| format!("-c {}: {e}", config.controller))?;
     let controller_addr = controller_listener
         .local_addr()
@@ -250,12 +252,14 @@ pub fn start(config: Config) -> Result<Running, String> {
         None => (None, Vec::new()),
     };
     let settings = Settings {
-        mux_default: config.mux,
-        idle_timeout: config.timeout,
-        head_timeout: config.head_timeout,
+        tunnel: tunnel::Settings {
+            mux_default: config.mux,
+            idle_timeout: config.timeout,
+            head_timeout: config.head_timeout,
+            fallback: config.fallback.as_deref().map(Arc::from),
+            proxy_protocol: config.proxy_protocol,
+        },
         grace: config.grace,
-        fallback: config.fallback.as_deref().map(Arc::from),
-        proxy_protocol: config.proxy_protocol,
         driver: if config.io_uring {
             Driver::IoUring
         } else {
@@ -318,7 +322,7 @@ pub fn start(config: Config) -> Result<Running, String> {
         .name("controller".into())
         .spawn(move || {
             raise_priority();
-            if let Err(e) = crate::controller::run(
+            if let Err(e) = crate::control::controller::run(
                 controller_listener,
                 controller,
                 head_timeout,

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::valid_dst;
-use crate::routes::{RouteChange, RouteTable};
+use crate::control::command::valid_dst;
+use crate::control::routes::{RouteChange, RouteTable};
 
 /// Rewrite the log once it is this many times larger than a snapshot would be...
 const COMPACT_RATIO: u64 = 4;
@@ -37,7 +37,7 @@ struct Record {
 
 impl Record {
     fn of(change: &RouteChange) -> Record {
-        let pairs = |routes: &[crate::routes::Route]| {
+        let pairs = |routes: &[crate::control::routes::Route]| {
             routes
                 .iter()
                 .map(|r| (r.path().to_string(), r.dst().to_string()))
@@ -202,7 +202,7 @@ fn write_snapshot(path: &Path, users: &[(String, String)]) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::Route;
+    use crate::control::routes::Route;
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("mtt-state-{}-{name}", std::process::id()));

@@ -1,4 +1,4 @@
-//! The multiplexed tunnel (`smux_on`, SPEC 4.3): an xtaci/smux v1 session carried in the
+//! The multiplexed tunnel (`smux_on`, the xtaci/smux v1 wire format): an xtaci/smux v1 session carried in the
 //! WebSocket byte stream, each stream relayed to its own connection to the user's `dst`.
 //!
 //! The session task reads the client: WebSocket payloads go through the smux decoder, SYN
@@ -35,15 +35,14 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Instant;
 
-use crate::client::{ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM};
-use crate::routes::Route;
-use crate::smux::{self, Cmd, SmuxError};
-use crate::stats::Ticket;
-use crate::stream::Readiness;
-use crate::task::Budget;
-use crate::tunnel;
-use crate::worker::Settings;
-use crate::ws::{self, close_code, OpCode};
+use crate::control::registry::Ticket;
+use crate::control::routes::Route;
+use crate::net::dial;
+use crate::net::transport::Readiness;
+use crate::proto::smux::{self, Cmd, SmuxError};
+use crate::proto::ws::{self, close_code, OpCode};
+use crate::runtime::task::Budget;
+use crate::tunnel::client_side::{ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM};
 
 /// Most streams open at once in one session (upstream's limit).
 pub const MAX_STREAMS: usize = 16;
@@ -51,13 +50,10 @@ pub const MAX_STREAMS: usize = 16;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// A session from which nothing arrived for this long is closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(70);
-/// Largest PSH payload we send (at most 65535). Measured with the Go peer (4 streams,
-/// 256 MiB each echoed, release build, 2 cores), median server CPU per GiB echoed (1 GiB
-/// each way) and throughput per direction: plain 16 KiB 1.12 s / 5.3 Gbit/s, 32 KiB
-/// 0.94 s / 5.9, 65535 0.97 s / 5.7; TLS 16 KiB 1.45 s, 32 KiB 1.29 s, 65535 1.31 s.
-/// 32 KiB costs ~15% less CPU than upstream's 16 KiB and as little as 65535, while
-/// a frame holds the connection's one writer half as long as 65535 would (other streams
-/// wait less) and a read buffer is half the size.
+/// Largest PSH payload we send (at most 65535). 32 KiB cost about 15 % less server CPU
+/// per GiB than upstream's 16 KiB and as little as 65535 (BENCHMARKS.md, "PSH frame
+/// size"), while a frame holds the connection's one writer half as long as 65535 would
+/// (other streams wait less) and a read buffer is half the size.
 pub const FRAME_PAYLOAD: usize = 32 * 1024;
 /// Client bytes queued for one stream before the session stops reading the client.
 pub const STREAM_QUEUE: usize = 64 * 1024;
@@ -175,7 +171,8 @@ struct Session<W> {
     /// doing, not the client's silence.
     stalled: Cell<bool>,
     route: Route,
-    settings: Settings,
+    /// Close a stream after this long with no bytes either way (`-timeout`).
+    idle_timeout: Duration,
     /// The session's place in the counters: bytes, streams, kicks.
     ticket: Ticket,
 }
@@ -227,7 +224,7 @@ pub async fn run<R, W>(
     mut reader: ClientReader<R>,
     writer: ClientWriter<W>,
     route: Route,
-    settings: Settings,
+    idle_timeout: Duration,
     ticket: Ticket,
 ) -> SessionEnd
 where
@@ -246,7 +243,7 @@ where
         reader: RefCell::new(None),
         stalled: Cell::new(false),
         route,
-        settings,
+        idle_timeout,
         ticket,
     });
     let activity = Cell::new(Instant::now());
@@ -423,7 +420,7 @@ async fn open_stream<W: AsyncWriteRent + 'static>(session: &Rc<Session<W>>, sid:
         }
         let stream = Rc::new(Stream::new(sid));
         session.refused.borrow_mut().insert(sid, Rc::clone(&stream));
-        crate::task::spawn_contained(refuse_task(Rc::clone(session), stream));
+        crate::runtime::task::spawn_contained(refuse_task(Rc::clone(session), stream));
         return;
     }
     let stream = Rc::new(Stream::new(sid));
@@ -431,7 +428,7 @@ async fn open_stream<W: AsyncWriteRent + 'static>(session: &Rc<Session<W>>, sid:
     session.next_task.set(task + 1);
     session.streams.borrow_mut().insert(sid, Rc::clone(&stream));
     session.tasks.borrow_mut().insert(task, Rc::clone(&stream));
-    crate::task::spawn_contained(stream_task(Rc::clone(session), stream, task));
+    crate::runtime::task::spawn_contained(stream_task(Rc::clone(session), stream, task));
 }
 
 /// How a stream's relay ended; whether the client should get a FIN for it.
@@ -481,7 +478,7 @@ async fn hold_fin<W>(session: &Session<W>, stream: &Stream) {
 async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) -> StreamEnd {
     let route = &session.route;
     let dst = {
-        let mut dial = pin!(tunnel::dial(route.dst()));
+        let mut dial = pin!(dial::dial(route.dst()));
         let dialed = poll_fn(|cx| {
             if session.ended.get() {
                 return Poll::Ready(None);
@@ -505,11 +502,11 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
         }
     };
     stream.activity.set(Instant::now());
-    let (mut dst_read, dst_write) = crate::stream::split(dst);
+    let (mut dst_read, dst_write) = crate::net::transport::split(dst);
     let end = {
         let mut up = pin!(upload(stream, session, dst_write));
         let mut down = pin!(download(stream, session, &mut dst_read));
-        let mut idle = pin!(idle_watch(stream, session.settings.idle_timeout));
+        let mut idle = pin!(idle_watch(stream, session.idle_timeout));
         // How the stream ends, once known: `down` may still be writing a frame to the
         // client, which is finished first. (Dropping it part-way would poison the
         // connection's writer: every stream of the session would be dead.)

@@ -1,20 +1,16 @@
 //! The PROXY protocol (HAProxy's, versions 1 and 2), read in front of a data connection
-//! when `-proxy-protocol` is on, so the real client address reaches logs. Parsing is pure;
-//! [`read_header`] reads just enough bytes and returns what followed the header, to be
-//! replayed to TLS or HTTP.
+//! when `-proxy-protocol` is on, so the real client address reaches logs. Parsing only:
+//! reading just enough bytes off a socket (and keeping what followed the header, to be
+//! replayed to TLS or HTTP) is [`crate::net`]'s part.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
-use monoio::time::Instant;
 
 /// The twelve bytes that start a version 2 header.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// A version 1 header is at most this long, CRLF included.
 const V1_MAX: usize = 107;
 /// Largest version 2 header we accept (addresses and TLVs); HAProxy's are far smaller.
-const V2_MAX: usize = 16 + 1024;
+pub const V2_MAX: usize = 16 + 1024;
 
 /// Why a connection's PROXY header was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -134,40 +130,6 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Option<SocketAddr>, usize)>, ProxyErro
         _ => return Err(ProxyError::Malformed("v2 bad command")),
     };
     Ok(Some((source, 16 + len)))
-}
-
-/// Reads a PROXY header from `stream` before `deadline`. Returns the source address (if
-/// the header names one) and the bytes read past the header.
-pub async fn read_header<S: AsyncReadRent>(
-    stream: &mut S,
-    deadline: Instant,
-) -> Result<(Option<SocketAddr>, Vec<u8>), ProxyError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(256);
-    loop {
-        match parse(&buf)? {
-            Some((source, len)) => {
-                buf.drain(..len);
-                return Ok((source, buf));
-            }
-            None => {
-                if buf.len() == buf.capacity() {
-                    buf.reserve(buf.capacity().min(V2_MAX));
-                }
-                let start = buf.len();
-                let end = buf.capacity();
-                let read =
-                    monoio::time::timeout_at(deadline, stream.read(buf.slice_mut(start..end)));
-                match read.await {
-                    Ok((Ok(n), slice)) if n > 0 => buf = slice.into_inner(),
-                    _ => {
-                        return Err(ProxyError::Malformed(
-                            "closed or timed out before a complete header",
-                        ))
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

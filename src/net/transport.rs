@@ -189,19 +189,32 @@ impl PlainStream {
 
 /// Copies replayed bytes into `buf`; `None` once there are none left.
 fn replay<B: IoBufMut>(early: &mut Cursor<Vec<u8>>, buf: &mut B) -> Option<usize> {
-    use std::io::Read;
-    let remaining = early.get_ref().len() as u64 - early.position();
-    if remaining == 0 {
+    let start = early.position() as usize;
+    let rest = &early.get_ref()[start..];
+    if rest.is_empty() {
         return None;
     }
-    // SAFETY: the buffer's spare room is ours to fill until we hand it back.
-    let out = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
-    let n = early.read(out).unwrap_or(0);
-    unsafe { buf.set_init(n) };
-    if early.position() as usize == early.get_ref().len() {
+    let n = fill_spare(buf, rest);
+    early.set_position((start + n) as u64);
+    if start + n == early.get_ref().len() {
         *early = Cursor::new(Vec::new());
     }
     Some(n)
+}
+
+/// Copies as much of `src` as fits into `buf`'s room (which may be uninitialised: it is
+/// written through a raw pointer, never read or viewed as `&mut [u8]`), marks it
+/// initialised, and returns how many bytes were copied.
+pub fn fill_spare<B: IoBufMut>(buf: &mut B, src: &[u8]) -> usize {
+    let n = src.len().min(buf.bytes_total());
+    // SAFETY: `write_ptr` is valid for `bytes_total()` bytes of writes, `n` is no more,
+    // and `src` is a shared borrow, so it cannot overlap the buffer we hold `&mut` to.
+    // Those `n` bytes are initialised by the copy before `set_init` says so.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), buf.write_ptr(), n);
+        buf.set_init(n);
+    }
+    n
 }
 
 impl AsyncReadRent for PlainStream {

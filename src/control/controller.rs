@@ -1,12 +1,12 @@
 //! The controller on its own thread: it owns the authoritative [`RouteTable`], answers the
-//! panel's commands ([`crate::command`]) and `GET /metrics`, makes each change durable
+//! panel's commands ([`crate::control::command`]) and `GET /metrics`, makes each change durable
 //! first when there is a state file, applies it, sends it to every worker and replies
 //! only once every worker routes by the new table.
 //!
 //! It speaks just enough HTTP/1.1 for panels: keep-alive, `Content-Length` bodies of at
-//! most [`MAX_BODY`] bytes, the head limits of [`crate::http`], and, when a secret is
+//! most [`MAX_BODY`] bytes, the head limits of [`crate::proto::http`], and, when a secret is
 //! set, `Authorization: Bearer` on every request. It never touches the data path; workers
-//! learn of changes only through [`crate::broadcast`].
+//! learn of changes only through [`crate::control::broadcast`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -20,12 +20,13 @@ use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
 use serde::{Deserialize, Serialize};
 
-use crate::broadcast::{self, Reply as WorkerReply, Request, WorkerLink};
-pub use crate::command::{parse_command, valid_dst, Command, CommandError};
-use crate::http::{self, HeadError, RequestHead};
-use crate::routes::{Route, RouteChange, RouteTable};
-use crate::state::StateFile;
-use crate::stats::UserTotals;
+use crate::control::broadcast::{self, Reply as WorkerReply, Request, WorkerLink};
+pub use crate::control::command::{parse_command, valid_dst, Command, CommandError};
+use crate::control::registry::UserTotals;
+use crate::control::routes::{Route, RouteChange, RouteTable};
+use crate::control::state::StateFile;
+use crate::net::heads;
+use crate::proto::http::{self, HeadError, RequestHead};
 
 /// Largest body accepted: 2 MiB exactly (the Go server wrongly refuses this size).
 pub const MAX_BODY: u64 = 2 * 1024 * 1024;
@@ -34,7 +35,8 @@ const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 /// How long a body may take to arrive once its head has.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Every reply, errors included, carries the three keys of SPEC section 5; the commands
+/// Every reply, errors included, carries `res`, `err_string` and `current_users`
+/// (the upstream controller's contract); the commands
 /// this server adds fill their own extra keys, which old panels ignore.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Reply {
@@ -83,7 +85,7 @@ pub struct Controller {
     /// Route changes applied on every worker, for `handle_body` to time.
     changes: u64,
     /// From a whole command to every worker having its change.
-    change_latency: crate::metrics::Histogram,
+    change_latency: crate::control::metrics::Histogram,
 }
 
 fn boxed(paths: Vec<String>) -> Vec<Box<str>> {
@@ -243,7 +245,7 @@ impl Controller {
             };
             sum_totals(broadcast::ask_all(&self.workers, request))
         });
-        crate::metrics::render(
+        crate::control::metrics::render(
             self.table.len(),
             &self.change_latency,
             &snapshots,
@@ -331,7 +333,7 @@ pub fn run(
                     open.set(open.get() + 1);
                     let controller = Rc::clone(&controller);
                     let open = Rc::clone(&open);
-                    crate::task::spawn_contained(async move {
+                    crate::runtime::task::spawn_contained(async move {
                         serve(stream, peer, controller, head_timeout).await;
                         open.set(open.get() - 1);
                     });
@@ -355,7 +357,7 @@ async fn serve(
     let mut buf = Vec::new();
     let mut deadline = Instant::now() + head_timeout;
     loop {
-        let (result, rest) = http::read_head(&mut stream, buf, deadline).await;
+        let (result, rest) = heads::read_head(&mut stream, buf, deadline).await;
         buf = rest;
         let (head, head_len) = match result {
             Ok(parsed) => parsed,

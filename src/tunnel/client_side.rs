@@ -23,8 +23,8 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Instant;
 
-use crate::stream::Readiness;
-use crate::ws::{self, OpCode, ProtocolError};
+use crate::net::transport::Readiness;
+use crate::proto::ws::{self, OpCode, ProtocolError};
 
 /// First size of the read buffer: small, so an idle tunnel holds little.
 pub const INITIAL_BUFFER: usize = 4 * 1024;

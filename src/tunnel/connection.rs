@@ -3,28 +3,30 @@
 //! the choice of mode, and the `101` that hands the connection to a tunnel.
 //!
 //! Strangers get what an nginx would give them (a 404 page); only a known path with a valid
-//! upgrade reaches [`crate::tunnel`] or [`crate::mux`]. Nothing here reads frames.
+//! upgrade reaches [`crate::tunnel::plain`] or [`crate::tunnel::mux`]. Nothing here reads frames.
 
 use std::rc::Rc;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::time::Instant;
 
-use crate::client::{ClientReader, ClientWriter};
-use crate::fallback;
-use crate::http::{self, HeadError, RequestHead};
-use crate::proxy_protocol;
-use crate::routes::Route;
-use crate::stats::{Kind, Refusal};
-use crate::stream::{Peer, PlainStream, Readiness, Transport};
-use crate::tls_stream::{self, Accepted};
-use crate::tunnel;
-use crate::worker::Worker;
+use crate::control::registry::{Kind, Refusal};
+use crate::control::routes::Route;
+use crate::net::dial;
+use crate::net::heads;
+use crate::net::tls_stream::{self, Accepted};
+use crate::net::transport::{Peer, PlainStream, Readiness, Transport};
+use crate::proto::http::{self, HeadError, RequestHead};
+use crate::tunnel::client_side::{ClientReader, ClientWriter};
+use crate::tunnel::fallback;
+use crate::tunnel::plain;
+use crate::tunnel::Context;
 
 /// Most requests served on one keep-alive connection before it is closed.
 const MAX_REQUESTS: usize = 100;
 
-/// The tunnel mode a client asked for (or got by default), SPEC 4.2.
+/// The tunnel mode a client asked for (or got by default): the first of `smux_on`,
+/// `smux_off` that it offered, else the `-mux` default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// One byte stream to `dst` (`smux_off`).
@@ -71,13 +73,13 @@ pub fn check_upgrade(head: &RequestHead) -> Result<(), (u16, &'static str)> {
 }
 
 /// Serves one accepted connection until it is done.
-pub async fn handle(mut transport: Transport, peer: Peer, worker: Rc<Worker>) {
-    let deadline = Instant::now() + worker.settings.head_timeout;
-    let (peer, early) = if worker.settings.proxy_protocol {
-        match Box::pin(proxy_protocol::read_header(&mut transport, deadline)).await {
+pub async fn handle(mut transport: Transport, peer: Peer, ctx: Rc<Context>) {
+    let deadline = Instant::now() + ctx.settings.head_timeout;
+    let (peer, early) = if ctx.settings.proxy_protocol {
+        match Box::pin(heads::read_header(&mut transport, deadline)).await {
             Ok((source, early)) => (source.map_or(peer, Peer::Ip), early),
             Err(e) => {
-                worker.stats.metrics.refuse(Refusal::BadRequest);
+                ctx.stats.metrics.refuse(Refusal::BadRequest);
                 log::debug!("client {peer}: no valid PROXY header: {e:?}");
                 return;
             }
@@ -85,33 +87,33 @@ pub async fn handle(mut transport: Transport, peer: Peer, worker: Rc<Worker>) {
     } else {
         (peer, Vec::new())
     };
-    let tls = worker.tls.borrow().clone();
+    let tls = ctx.tls.borrow().clone();
     // Each stage is boxed: a connection task holds only the stage it is in, not the
     // largest of all of them (the task of a tunnel would otherwise carry the TLS
     // handshake's and the mux session's state too).
     let Some(config) = tls else {
         let stream = PlainStream::new(transport, early);
-        return serve_connection(stream, peer, &worker, deadline).await;
+        return serve_connection(stream, peer, &ctx, deadline).await;
     };
     let accepted = tls_stream::accept(&config, transport, early);
     let accepted = match Box::pin(monoio::time::timeout_at(deadline, accepted)).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(e)) => {
-            worker.stats.metrics.refuse(Refusal::TlsError);
+            ctx.stats.metrics.refuse(Refusal::TlsError);
             log::debug!("client {peer}: TLS handshake failed: {e}");
             return;
         }
         Err(_) => {
-            worker.stats.metrics.refuse(Refusal::Timeout);
+            ctx.stats.metrics.refuse(Refusal::Timeout);
             log::debug!("client {peer}: TLS handshake timed out");
             return;
         }
     };
     match accepted {
-        Accepted::V13(tls) => serve_connection(tls, peer, &worker, deadline).await,
+        Accepted::V13(tls) => serve_connection(tls, peer, &ctx, deadline).await,
         // TLS 1.2 goes through rustls's own stream, whose stage is 3.4 KiB: boxed, so that
         // the common TLS 1.3 connection does not carry room for it.
-        Accepted::V12(tls) => Box::pin(serve_connection(*tls, peer, &worker, deadline)).await,
+        Accepted::V12(tls) => Box::pin(serve_connection(*tls, peer, &ctx, deadline)).await,
     }
 }
 
@@ -120,7 +122,7 @@ pub async fn handle(mut transport: Transport, peer: Peer, worker: Rc<Worker>) {
 async fn try_fallback<S>(
     stream: S,
     peer: Peer,
-    worker: &Worker,
+    ctx: &Context,
     already_read: Vec<u8>,
 ) -> Result<(), S>
 where
@@ -128,17 +130,17 @@ where
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,
 {
-    let Some(site) = &worker.settings.fallback else {
+    let Some(site) = &ctx.settings.fallback else {
         return Err(stream);
     };
-    match tunnel::dial(site).await {
+    match dial::dial(site).await {
         Ok(conn) => {
             log::debug!("client {peer}: handed to the fallback site {site}");
             Box::pin(fallback::relay(
                 stream,
                 conn,
                 already_read,
-                worker.settings.idle_timeout,
+                ctx.settings.idle_timeout,
             ))
             .await;
             Ok(())
@@ -177,17 +179,17 @@ enum Ready<S: Splitable> {
 /// Serves a connection from its first request head to the end of its tunnel. Each
 /// stage is boxed and dropped before the next begins, so a tunnel's task holds only the
 /// tunnel's state, not the head reading's or the upgrade's as well.
-async fn serve_connection<S>(stream: S, peer: Peer, worker: &Worker, deadline: Instant)
+async fn serve_connection<S>(stream: S, peer: Peer, ctx: &Context, deadline: Instant)
 where
     S: AsyncReadRent + AsyncWriteRent + Splitable,
     S::OwnedRead: AsyncReadRent + Readiness,
     S::OwnedWrite: AsyncWriteRent + 'static,
 {
-    let Some(request) = Box::pin(serve(stream, peer, worker, deadline)).await else {
+    let Some(request) = Box::pin(serve(stream, peer, ctx, deadline)).await else {
         return;
     };
     let route = request.route.clone();
-    let Some(ready) = Box::pin(upgrade(request, peer, worker)).await else {
+    let Some(ready) = Box::pin(upgrade(request, peer, ctx)).await else {
         return;
     };
     match ready {
@@ -196,23 +198,21 @@ where
             writer,
             dst,
         } => {
-            let ticket = worker.stats.open(route.path(), Kind::Plain, peer.addr());
-            let end = Box::pin(tunnel::run(reader, writer, dst, ticket)).await;
+            let ticket = ctx.stats.open(route.path(), Kind::Plain, peer.addr());
+            let end = Box::pin(plain::run(reader, writer, dst, ticket)).await;
             log::debug!(
                 "client {peer} path {}: plain tunnel ended: {end:?}",
                 route.path()
             );
         }
         Ready::Mux { reader, writer } => {
-            let ticket = worker
-                .stats
-                .open(route.path(), Kind::MuxSession, peer.addr());
-            let settings = worker.settings.clone();
-            let end = Box::pin(crate::mux::run(
+            let ticket = ctx.stats.open(route.path(), Kind::MuxSession, peer.addr());
+            let idle_timeout = ctx.settings.idle_timeout;
+            let end = Box::pin(crate::tunnel::mux::run(
                 reader,
                 writer,
                 route.clone(),
-                settings,
+                idle_timeout,
                 ticket,
             ))
             .await;
@@ -229,7 +229,7 @@ where
 async fn serve<S>(
     mut stream: S,
     peer: Peer,
-    worker: &Worker,
+    ctx: &Context,
     mut deadline: Instant,
 ) -> Option<UpgradeRequest<S>>
 where
@@ -239,21 +239,20 @@ where
 {
     let mut buf = Vec::new();
     for served in 1..=MAX_REQUESTS {
-        let (result, rest) = Box::pin(http::read_head(&mut stream, buf, deadline)).await;
+        let (result, rest) = Box::pin(heads::read_head(&mut stream, buf, deadline)).await;
         buf = rest;
         let (head, head_len) = match result {
             Ok(parsed) => parsed,
             Err(HeadError::Closed { .. }) => return None,
             Err(HeadError::Timeout) => {
-                worker.stats.metrics.refuse(Refusal::Timeout);
+                ctx.stats.metrics.refuse(Refusal::Timeout);
                 log::debug!("client {peer}: request head timed out");
                 return None;
             }
             Err(e) => {
-                worker.stats.metrics.refuse(Refusal::BadRequest);
+                ctx.stats.metrics.refuse(Refusal::BadRequest);
                 log::debug!("client {peer}: bad request head: {e:?}");
-                let Err(mut stream) = Box::pin(try_fallback(stream, peer, worker, buf)).await
-                else {
+                let Err(mut stream) = Box::pin(try_fallback(stream, peer, ctx, buf)).await else {
                     return None;
                 };
                 let status = if e == HeadError::TooLarge { 431 } else { 400 };
@@ -263,8 +262,8 @@ where
                 return None;
             }
         };
-        let route = http::route_key(&head.target)
-            .and_then(|key| worker.routes.borrow().lookup(&key).cloned());
+        let route =
+            http::route_key(&head.target).and_then(|key| ctx.routes.borrow().lookup(&key).cloned());
         // A body we do not read would be taken for the next request: close after answering.
         let has_body = head.transfer_encoding || head.content_length.is_some_and(|n| n > 0);
         // The last request a connection may carry is answered with `Connection: close`.
@@ -272,12 +271,12 @@ where
         let with_body = head.method != "HEAD";
         let refusal = match &route {
             None => {
-                worker.stats.metrics.refuse(Refusal::UnknownPath);
+                ctx.stats.metrics.refuse(Refusal::UnknownPath);
                 log::debug!("client {peer}: {} {}: 404", head.method, head.target);
                 Some((404, ""))
             }
             Some(route) => check_upgrade(&head).err().inspect(|(status, _)| {
-                worker.stats.metrics.refuse(Refusal::BadUpgrade);
+                ctx.stats.metrics.refuse(Refusal::BadUpgrade);
                 log::debug!(
                     "client {peer} path {}: not a valid upgrade: {status}",
                     route.path()
@@ -285,9 +284,9 @@ where
             }),
         };
         if let Some((status, extra)) = refusal {
-            if worker.settings.fallback.is_some() {
+            if ctx.settings.fallback.is_some() {
                 // The whole connection goes to the site, this request first.
-                match Box::pin(try_fallback(stream, peer, worker, buf)).await {
+                match Box::pin(try_fallback(stream, peer, ctx, buf)).await {
                     Ok(()) => return None,
                     Err(back) => {
                         stream = back;
@@ -306,7 +305,7 @@ where
                 // The head went to a fallback site that could not be reached.
                 return None;
             }
-            deadline = Instant::now() + worker.settings.head_timeout;
+            deadline = Instant::now() + ctx.settings.head_timeout;
             continue;
         }
         // Both are Some here: a refusal was answered above.
@@ -324,7 +323,7 @@ where
 
 /// Answers a valid upgrade: dials `dst` for a plain tunnel (a 502 if it cannot be
 /// reached), sends the `101`, and hands back the tunnel's two ends.
-async fn upgrade<S>(request: UpgradeRequest<S>, peer: Peer, worker: &Worker) -> Option<Ready<S>>
+async fn upgrade<S>(request: UpgradeRequest<S>, peer: Peer, ctx: &Context) -> Option<Ready<S>>
 where
     S: AsyncReadRent + AsyncWriteRent + Splitable,
     S::OwnedRead: AsyncReadRent + Readiness,
@@ -336,15 +335,15 @@ where
         route,
         early,
     } = request;
-    let (mode, protocol) = choose_mode(&head.ws_protocols, worker.settings.mux_default);
+    let (mode, protocol) = choose_mode(&head.ws_protocols, ctx.settings.mux_default);
     let accept = http::websocket_accept(head.ws_key.as_deref().unwrap_or_default());
     drop(head);
     let dst = match mode {
         Mode::Mux => None,
-        Mode::Plain => match tunnel::dial(route.dst()).await {
+        Mode::Plain => match dial::dial(route.dst()).await {
             Ok(dst) => Some(dst),
             Err(e) => {
-                let failures = &worker.stats.metrics.dial_failures;
+                let failures = &ctx.stats.metrics.dial_failures;
                 failures.set(failures.get() + 1);
                 log::error!(
                     "backend {} for path {}: dial failed: {e} (client {peer})",
@@ -361,7 +360,7 @@ where
     if stream.write_all(response).await.0.is_err() {
         return None;
     }
-    let (reader, writer) = tunnel::split_client(stream, early);
+    let (reader, writer) = plain::split_client(stream, early);
     match dst {
         Some(dst) => {
             log::debug!(

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::stats::{MetricsSnapshot, Refusal, UserTotals};
+use crate::control::registry::{MetricsSnapshot, Refusal, UserTotals};
 
 /// Upper bounds, in seconds, of the route-change latency buckets: around the 1 ms that
 /// a change may take to reach every worker.

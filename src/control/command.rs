@@ -1,6 +1,6 @@
-//! The controller's commands (SPEC section 5, and the opt numbers this server adds):
-//! parsing a request body and validating it whole, so that a command either applies
-//! entirely or not at all. Pure: no state, no IO.
+//! The controller's commands (the upstream controller's opts 1, 2, 3 and 9, and those this
+//! server adds): parsing a request body and validating it whole, so that a command either
+//! applies entirely or not at all. Pure: no state, no IO.
 //!
 //! | opt | command | args_bunch |
 //! |---|---|---|
@@ -16,7 +16,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::routes::Route;
+use crate::control::routes::Route;
 
 /// What the panel sends. Every field optional so that a missing field is a command error
 /// (res 2, HTTP 200), while a field of the wrong JSON type is a request error (400).

@@ -1,26 +1,21 @@
-//! HTTP/1.1 request heads, read with limits, and the few responses the server gives.
+//! HTTP/1.1 request heads, parsed with limits, and the few responses the server gives.
 //!
 //! Both ports use it: the data port to find the WebSocket upgrade and its route key, the
-//! controller to find its POSTs. A head is at most [`MAX_HEAD`] bytes and
-//! [`MAX_HEADERS`] headers and must arrive before a deadline the caller sets (`-head-timeout`). Responses to
-//! strangers look like an ordinary nginx (a 404 page), never like a tunnel. This module
-//! does not route, dial or frame: it only reads heads and writes canned answers.
+//! controller to find its POSTs. A head is at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`]
+//! headers (reading it off a socket before a deadline is [`crate::net`]'s part).
+//! Responses to strangers look like an ordinary nginx (a 404 page), never like a tunnel.
+//! This module does not read, route, dial or frame: it parses heads and writes canned
+//! answers.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
-use monoio::time::Instant;
 use sha1::{Digest, Sha1};
 
 /// Largest request head accepted (request line and headers); a longer one gets 431.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers accepted in one request; more get 431.
 pub const MAX_HEADERS: usize = 100;
-/// First read of a head: small, because most heads are a few hundred bytes and an idle
-/// keep-alive connection should not hold a large buffer.
-const FIRST_READ: usize = 2048;
 
 /// Why no head could be read.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,50 +71,6 @@ impl RequestHead {
             return false;
         }
         self.minor_version >= 1 || self.connection_keep_alive
-    }
-}
-
-/// Reads one request head. `buf` holds bytes already read (a previous request's surplus)
-/// and is returned with the head and whatever followed it; `Ok((head, head_len, buf))`.
-pub async fn read_head<S: AsyncReadRent>(
-    stream: &mut S,
-    mut buf: Vec<u8>,
-    deadline: Instant,
-) -> (Result<(RequestHead, usize), HeadError>, Vec<u8>) {
-    loop {
-        if !buf.is_empty() {
-            match parse_head(&buf) {
-                Ok(Some(parsed)) => return (Ok(parsed), buf),
-                Ok(None) if buf.len() >= MAX_HEAD => return (Err(HeadError::TooLarge), buf),
-                Ok(None) => {}
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        if buf.capacity() == buf.len() {
-            let want = if buf.capacity() == 0 {
-                FIRST_READ
-            } else {
-                (buf.capacity() * 2).min(MAX_HEAD)
-            };
-            buf.reserve_exact(want - buf.len());
-        }
-        let start = buf.len();
-        let end = buf.capacity().min(MAX_HEAD);
-        let read = monoio::time::timeout_at(deadline, stream.read(buf.slice_mut(start..end)));
-        match read.await {
-            Err(_) => {
-                // The read was cancelled with its buffer; start again empty is not needed,
-                // the caller closes the connection.
-                return (Err(HeadError::Timeout), Vec::new());
-            }
-            Ok((result, slice)) => {
-                buf = slice.into_inner();
-                match result {
-                    Ok(0) | Err(_) => return (Err(HeadError::Closed { empty: start == 0 }), buf),
-                    Ok(_) => {}
-                }
-            }
-        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The plain tunnel (`smux_off`, SPEC 4.1): the payloads of the client's data frames are
+//! The plain tunnel (`smux_off`): the payloads of the client's data frames are
 //! the byte stream to the user's `dst`, and bytes from `dst` go back as binary frames.
 //!
 //! Two directions run in one task and stop together: client-to-dst decodes frames in place
@@ -11,8 +11,6 @@
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
-use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -22,54 +20,20 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::client::{
+use crate::control::registry::{Closing, Ticket};
+use crate::net::transport::{self, Readiness};
+use crate::proto::ws::{self, close_code, OpCode};
+use crate::runtime::task::Budget;
+use crate::tunnel::client_side::{
     ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM, INITIAL_BUFFER, MAX_BUFFER,
 };
-use crate::stats::{Closing, Ticket};
-use crate::stream::{self, Readiness};
-use crate::task::Budget;
-use crate::ws::{self, close_code, OpCode};
 
-/// Bound on dialing a destination, name resolution included.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the client's close frame after ours, or for a frame being
 /// written to finish before ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long dst may go on sending (dropped) after the client has gone, before its
 /// connection is closed anyway.
 const LINGER: Duration = Duration::from_secs(5);
-
-/// Connects to `dst` (`IP:PORT` or `HOST:PORT`) within [`DIAL_TIMEOUT`]. Names are
-/// resolved on the runtime's blocking pool so the worker never blocks.
-pub async fn dial(dst: &str) -> io::Result<TcpStream> {
-    match monoio::time::timeout(DIAL_TIMEOUT, dial_unbounded(dst)).await {
-        Ok(result) => result,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "dial timed out")),
-    }
-}
-
-async fn dial_unbounded(dst: &str) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = match dst.parse::<SocketAddr>() {
-        Ok(addr) => vec![addr],
-        Err(_) => {
-            let name = dst.to_string();
-            monoio::spawn_blocking(move || name.to_socket_addrs().map(Vec::from_iter))
-                .await
-                .map_err(|_| io::Error::other("resolver task failed"))??
-        }
-    };
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
-    for addr in addrs {
-        match TcpStream::connect_addr(addr).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
 
 /// How a tunnel ended, for logs and tests; the side that ended it is in the name.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,7 +68,7 @@ where
     W: AsyncWriteRent,
 {
     let (writer, ticket) = (&writer, &ticket);
-    let (dst_read, dst_write) = stream::split(dst);
+    let (dst_read, dst_write) = transport::split(dst);
     // The worker's sweeper watches this for `-timeout`: no timer per tunnel.
     let activity = ticket.activity();
     activity.set(Instant::now());

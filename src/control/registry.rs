@@ -1,7 +1,7 @@
 //! Counters: per user (bytes each way, connections opened and open) and per worker (the
 //! totals `/metrics` reports), kept in plain `Cell`s on the worker that owns the
 //! connection, so the data path never writes memory another core reads. The controller
-//! gathers them by asking every worker (see [`crate::broadcast`]); a worker reads and
+//! gathers them by asking every worker (see [`crate::control::broadcast`]); a worker reads and
 //! resets its counters in one step, so a panel that collects with reset never counts a
 //! byte twice or loses one.
 //!

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::doorbell::Doorbell;
-use crate::routes::RouteChange;
-use crate::stats::{MetricsSnapshot, UserTotals};
+use crate::control::registry::{MetricsSnapshot, UserTotals};
+use crate::control::routes::RouteChange;
+use crate::runtime::doorbell::Doorbell;
 
 /// What the controller asks of a worker.
 #[derive(Debug)]
@@ -151,7 +151,7 @@ pub fn drain(inbox: &WorkerInbox, index: usize, handle: &mut impl FnMut(&Request
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::{Route, RouteTable};
+    use crate::control::routes::{Route, RouteTable};
 
     #[test]
     fn ask_all_returns_after_every_worker_answered() {

@@ -26,7 +26,7 @@ use monoio::BufResult;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion, ServerConfig, ServerConnection};
 
-use crate::stream::{self, DataStream, ReadHalf, Readiness, Transport, WriteHalf};
+use crate::net::transport::{self, DataStream, ReadHalf, Readiness, Transport, WriteHalf};
 
 /// Record header: type, legacy version, length.
 const HEADER: usize = 5;
@@ -141,7 +141,7 @@ pub async fn accept(
     // `buf` now holds exactly the bytes after the handshake's last record.
     if conn.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
         return Ok(Accepted::V12(Box::new(
-            monoio_rustls::ServerTlsStream::new(stream::data_stream(transport, buf), conn),
+            monoio_rustls::ServerTlsStream::new(transport::data_stream(transport, buf), conn),
         )));
     }
     let secrets = conn.dangerous_extract_secrets().map_err(tls_error)?;
@@ -151,7 +151,7 @@ pub async fn accept(
     }
     let (rx_seq, rx) = secrets.rx;
     let (tx_seq, tx) = secrets.tx;
-    let (read, write) = stream::split(transport);
+    let (read, write) = transport::split(transport);
     Ok(Accepted::V13(Tls13Stream {
         reader: Tls13Reader {
             io: read,

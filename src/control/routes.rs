@@ -4,7 +4,7 @@
 //! The controller owns the authoritative [`RouteTable`]; each worker has its own copy,
 //! which the data path reads without a lock. Each change is one [`RouteChange`], applied
 //! to the controller's table and sent, shared by `Arc`, to every worker (see
-//! [`crate::broadcast`]). This module knows nothing of threads, sockets or HTTP.
+//! [`crate::control::broadcast`]). This module knows nothing of threads, sockets or HTTP.
 
 use std::alloc::{self, Layout};
 use std::borrow::Borrow;
@@ -21,7 +21,7 @@ use std::sync::atomic::{self, AtomicU32, Ordering};
 /// user costs the same whatever the number of workers, and a table of routes is a table
 /// of 8-byte pointers. With panels' usual 16-character paths and `IP:PORT` destinations a
 /// block is 40 bytes, one 48-byte malloc chunk; `Route` over two `Box<str>`s cost two
-/// chunks, 96 bytes, and a user a third more memory (see BENCHMARKS.md, R6).
+/// chunks, 96 bytes, and a user a third more memory (BENCHMARKS.md, R6).
 pub struct Route {
     block: NonNull<Header>,
 }

@@ -1,0 +1,22 @@
+//! The control plane: the controller thread that panels talk to, and the state it is
+//! the authority on. It reaches the workers only by message ([`broadcast`]); the workers
+//! and their tunnels read the route table and counters defined here, in their own copies.
+//!
+//! - [`controller`]: the control API on its own thread: authoritative table, HTTP, auth,
+//!   `/metrics`, certificate reload.
+//! - [`command`]: parsing and validating the controller's JSON commands.
+//! - [`routes`]: the route table (one thin shared block per user) and the changes made to it.
+//! - [`broadcast`]: requests from the controller to every worker (route changes, counters,
+//!   kicks, metrics) and their answers.
+//! - [`registry`]: a worker's registry of open tunnels and per-user counters: counting
+//!   bytes, kicking users, sweeping idle plain tunnels.
+//! - [`state`]: durable users (`-state FILE`): a log of changes with compaction.
+//! - [`metrics`]: the Prometheus text format of `/metrics`.
+
+pub mod broadcast;
+pub mod command;
+pub mod controller;
+pub mod metrics;
+pub mod registry;
+pub mod routes;
+pub mod state;

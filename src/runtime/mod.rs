@@ -1,0 +1,10 @@
+//! What every task on a worker's monoio runtime leans on, below tunnels and workers alike:
+//! spawning so that a panic ends only its own task, the relay budget and yield pump that
+//! keep one busy tunnel from stalling its worker, and the doorbell that lets another
+//! thread wake a worker's task.
+//!
+//! - [`task`]: contained spawning, [`task::Budget`], the yield pump and yield hook.
+//! - [`doorbell`]: waking a monoio task from another thread, without polling.
+
+pub mod doorbell;
+pub mod task;
