@@ -1,6 +1,7 @@
 //! Tests of the command line: every Go spelling of every kind of flag, the errors and their
 //! order, the usage text, Go durations and listen addresses.
 
+use super::duration::parse_signed_duration;
 use super::*;
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -599,8 +600,9 @@ fn listen_addr_errors() {
 }
 
 #[test]
-fn argh_sees_canonical_form() {
-    let Ok(Translation::Flags(settings)) = translate(&args(&[
+fn translation_keeps_last_value_and_spelling() {
+    let Ok(Translation::Flags(given)) = flags::translate(&args(&[
+        "-b=:0",
         "-b=:1",
         "--c",
         ":2",
@@ -611,18 +613,62 @@ fn argh_sees_canonical_form() {
     ])) else {
         panic!("translation failed");
     };
-    assert_eq!(
-        argh_argv(&settings),
-        [
-            "--bind",
-            ":1",
-            "--controller",
-            ":2",
-            "--verbose",
-            "--name",
-            "x"
-        ]
+    let value = |name| given.get(name).map(|s| s.value.as_str());
+    assert_eq!(value("bind"), Some(":1"));
+    assert_eq!(value("b"), Some(":1"));
+    assert_eq!(value("controller"), Some(":2"));
+    assert_eq!(value("mux"), Some("false"));
+    assert_eq!(value("verbose"), Some("true"));
+    assert_eq!(value("name"), Some("x"));
+    assert_eq!(value("timeout"), None);
+    let spelled = |name| {
+        let (flag, setting) = given
+            .iter()
+            .find(|(flag, _)| flag.names.contains(&name))
+            .expect("a flag of the table");
+        flag.spelled(setting)
+    };
+    assert_eq!(spelled("controller"), "-c");
+    assert_eq!(spelled("bind"), "-b");
+    assert_eq!(spelled("timeout"), "-timeout");
+}
+
+#[test]
+fn flag_table_is_consistent() {
+    let mut seen = std::collections::HashSet::new();
+    for flag in flags::FLAGS {
+        for name in flag.names {
+            assert!(seen.insert(*name), "-{name} is in the table twice");
+            assert!(!["h", "help"].contains(name), "-{name} is the help flag");
+        }
+        if let flags::Kind::Value {
+            default, required, ..
+        } = &flag.kind
+        {
+            let unless = required.as_ref().and_then(|r| r.unless);
+            if let Some(other) = unless {
+                let known = flags::FLAGS.iter().any(|f| f.names.contains(&other));
+                assert!(known, "-{}: unless -{other} is no flag", flag.names[0]);
+            }
+            assert_eq!(
+                flag.help.contains("{default}"),
+                default.text().is_some(),
+                "-{}: the help shows the default exactly when there is one",
+                flag.names[0]
+            );
+        } else {
+            assert!(!flag.help.contains("{default}"), "-{}", flag.names[0]);
+        }
+    }
+}
+
+#[test]
+fn usage_states_the_worker_limit() {
+    let text = usage::usage("mtt-mu-server");
+    assert!(
+        text.contains(&format!("1 to {MAX_WORKERS} (default ")),
+        "{text}"
     );
-    assert_eq!(spelled(&settings, CONTROLLER), "-c");
-    assert_eq!(spelled(&settings, TIMEOUT), "-timeout");
+    let workers = format!("(default {}: the CPUs", default_workers());
+    assert!(text.contains(&workers), "{text}");
 }
