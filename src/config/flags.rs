@@ -5,8 +5,10 @@
 //! the syntax check Go would run when the flag is set, and the function that puts its value
 //! into the [`Draft`] of the [`Config`](super::Config). The Go-syntax reader ([`translate`]),
 //! the usage text (`usage.rs`) and the construction of the config (`mod.rs`) all walk this
-//! table; nothing else lists flags. Rules that tie several flags together (-cert with -key,
-//! -secret against -secret-file) are not here but in `Draft::finish`.
+//! table; nothing else lists flags. A new flag is one more row here, in the place the usage
+//! should show it (plus the [`Config`](super::Config) field it fills, if that is new). Rules
+//! that tie several flags together (-cert with -key, -secret against -secret-file) are not
+//! here but in `Draft::finish`.
 
 use std::path::PathBuf;
 use std::time::Duration;
