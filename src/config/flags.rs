@@ -1,0 +1,640 @@
+//! Every flag of the server, described once in [`FLAGS`], and the pass that reads argv with
+//! the rules of Go's `flag` package.
+//!
+//! One [`Flag`] gives a flag's names, whether it takes a value, its default, its help text,
+//! the syntax check Go would run when the flag is set, and the function that puts its value
+//! into the [`Draft`] of the [`Config`](super::Config). The Go-syntax reader ([`translate`]),
+//! the usage text (`usage.rs`) and the construction of the config (`mod.rs`) all walk this
+//! table; nothing else lists flags. A new flag is one more row here, in the place the usage
+//! should show it (plus the [`Config`](super::Config) field it fills, if that is new). Rules
+//! that tie several flags together (-cert with -key, -secret against -secret-file) are not
+//! here but in `Draft::finish`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::addr::{parse_port, split_host_port};
+use super::duration::parse_signed_duration;
+use super::{default_workers, Draft, DEFAULT_SERVER_NAME, MAX_WORKERS};
+
+/// One flag as Go's `flag` package would define it, with everything the server does with it.
+pub(super) struct Flag {
+    /// Names accepted after one or two dashes; the first is the one messages use when the
+    /// user did not write the flag.
+    pub(super) names: &'static [&'static str],
+    pub(super) kind: Kind,
+    /// Help text under the flag's line in the usage, lines split by `\n`; `{default}` is
+    /// replaced with the default, so the text cannot drift from what the flag does.
+    pub(super) help: &'static str,
+}
+
+/// A value's syntax check, run when the flag is set as Go's `flag.Value.Set` does, so that
+/// the first bad argument is the one reported; the error is the reason, without the flag.
+type Check = fn(&str) -> Result<(), String>;
+
+/// Stores a value into the draft config; the error is the reason, without the flag.
+type Store = fn(&mut Draft, &str) -> Result<(), String>;
+
+pub(super) enum Kind {
+    /// Boolean: `-f`, `-f=BOOL`; never takes the next argument. Off unless given.
+    Bool { store: fn(&mut Draft, bool) },
+    /// Takes a value: `-f v`, `-f=v`, `--f v`, `--f=v`.
+    Value {
+        /// What the value is, in the usage line (`HOST:PORT`, `DURATION`).
+        placeholder: &'static str,
+        default: DefaultValue,
+        /// Must be given, and not empty.
+        required: Option<Required>,
+        check: Option<Check>,
+        /// Runs once per flag, in table order, on the value given or else the default, after
+        /// all of argv has been read: errors left to it come out in this order.
+        store: Store,
+    },
+}
+
+/// What a value flag holds when it is not given.
+pub(super) enum DefaultValue {
+    /// Nothing: `store` is not called.
+    None,
+    /// This value, in the flag's own syntax, as if given.
+    Text(&'static str),
+    /// A value worked out at run time (it depends on the machine).
+    Computed(fn() -> String),
+}
+
+/// A flag the server cannot start without.
+pub(super) struct Required {
+    /// What it is, for the message ("data listener").
+    pub(super) what: &'static str,
+    /// Another flag that makes this one optional when this one is not written at all.
+    pub(super) unless: Option<&'static str>,
+}
+
+impl DefaultValue {
+    /// The default in the flag's syntax, if it has one.
+    pub(super) fn text(&self) -> Option<String> {
+        match self {
+            DefaultValue::None => None,
+            DefaultValue::Text(text) => Some(text.to_string()),
+            DefaultValue::Computed(compute) => Some(compute()),
+        }
+    }
+}
+
+/// The flags, in the order the usage lists them and their values are validated.
+pub(super) const FLAGS: &[Flag] = &[
+    Flag {
+        names: &["b", "bind"],
+        kind: Kind::Value {
+            placeholder: "HOST:PORT",
+            default: DefaultValue::None,
+            required: Some(Required {
+                what: "data listener",
+                unless: Some("bind-unix"),
+            }),
+            check: None,
+            store: |d, v| {
+                listen_address(v)?;
+                d.config.bind = v.to_string();
+                Ok(())
+            },
+        },
+        help: "data listener; \":443\" listens on all interfaces (required)",
+    },
+    Flag {
+        names: &["c", "controller"],
+        kind: Kind::Value {
+            placeholder: "HOST:PORT",
+            default: DefaultValue::None,
+            required: Some(Required {
+                what: "controller listener",
+                unless: None,
+            }),
+            check: None,
+            store: |d, v| {
+                listen_address(v)?;
+                d.config.controller = v.to_string();
+                Ok(())
+            },
+        },
+        help: "controller listener: the panel POSTs JSON commands here (required)",
+    },
+    Flag {
+        names: &["cert"],
+        kind: Kind::Value {
+            placeholder: "PATH",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.cert = non_empty(v);
+                Ok(())
+            },
+        },
+        help: "PEM certificate chain: listen TLS with it (needs -key)",
+    },
+    Flag {
+        names: &["key"],
+        kind: Kind::Value {
+            placeholder: "PATH",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.key = non_empty(v);
+                Ok(())
+            },
+        },
+        help: "PEM private key of -cert (needs -cert)",
+    },
+    Flag {
+        names: &["force-tls"],
+        kind: Kind::Bool {
+            store: |d, on| d.force_tls = on,
+        },
+        help: "without -cert/-key: listen TLS with a generated self-signed certificate",
+    },
+    Flag {
+        names: &["n", "name"],
+        kind: Kind::Value {
+            placeholder: "NAME",
+            default: DefaultValue::Text(DEFAULT_SERVER_NAME),
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.name = v.to_string();
+                Ok(())
+            },
+        },
+        help: "server name in the self-signed certificate (default \"{default}\")",
+    },
+    Flag {
+        names: &["mux"],
+        kind: Kind::Bool {
+            store: |d, on| d.config.mux = on,
+        },
+        help: "default to smux multiplexing for clients that do not say",
+    },
+    Flag {
+        names: &["timeout"],
+        kind: Kind::Value {
+            placeholder: "DURATION",
+            default: DefaultValue::Text("1m0s"),
+            required: None,
+            check: Some(check_duration),
+            store: |d, v| {
+                d.config.timeout = positive_duration(v)?;
+                Ok(())
+            },
+        },
+        help: "idle timeout of a tunnel, Go duration: 90s, 1m0s, 1h30m, 250ms (default {default})",
+    },
+    Flag {
+        names: &["verbose"],
+        kind: Kind::Bool {
+            store: |d, on| d.config.verbose = on,
+        },
+        help: "debug logging",
+    },
+    Flag {
+        names: &["workers"],
+        kind: Kind::Value {
+            placeholder: "N",
+            default: DefaultValue::Computed(|| default_workers().to_string()),
+            required: None,
+            check: Some(check_count),
+            store: |d, v| {
+                let n = count(v)?;
+                if !(1..=MAX_WORKERS).contains(&n) {
+                    return Err(format!("must be between 1 and {MAX_WORKERS}"));
+                }
+                d.config.workers = n;
+                Ok(())
+            },
+        },
+        // tests::usage_states_the_worker_limit keeps "1024" equal to MAX_WORKERS.
+        help: "worker threads, one per core, 1 to 1024 (default {default}: the CPUs this process \
+               may run on)",
+    },
+    Flag {
+        names: &["max-conns"],
+        kind: Kind::Value {
+            placeholder: "N",
+            default: DefaultValue::Text("0"),
+            required: None,
+            check: Some(check_count),
+            store: |d, v| {
+                d.config.max_conns = count(v)?;
+                Ok(())
+            },
+        },
+        help: "most concurrent data-port connections; more are closed at once\n\
+               (default {default}: derived from the open-file limit)",
+    },
+    Flag {
+        names: &["head-timeout"],
+        kind: Kind::Value {
+            placeholder: "DURATION",
+            default: DefaultValue::Text("10s"),
+            required: None,
+            check: Some(check_duration),
+            store: |d, v| {
+                d.config.head_timeout = positive_duration(v)?;
+                Ok(())
+            },
+        },
+        help: "time for a request head to arrive, TLS handshake included (default {default})",
+    },
+    Flag {
+        names: &["secret"],
+        kind: Kind::Value {
+            placeholder: "SECRET",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.secret = Some(v.to_string());
+                Ok(())
+            },
+        },
+        help: "the controller requires \"Authorization: Bearer SECRET\" on every request",
+    },
+    Flag {
+        names: &["secret-file"],
+        kind: Kind::Value {
+            placeholder: "PATH",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.secret_file = Some(v.to_string());
+                Ok(())
+            },
+        },
+        help: "as -secret, read from a file (surrounding white space ignored)",
+    },
+    Flag {
+        names: &["state"],
+        kind: Kind::Value {
+            placeholder: "PATH",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.config.state = non_empty(v).map(PathBuf::from);
+                Ok(())
+            },
+        },
+        help: "keep users in this file across restarts (every change is on disk\n\
+               before the controller replies)",
+    },
+    Flag {
+        names: &["metrics-per-user"],
+        kind: Kind::Bool {
+            store: |d, on| d.config.metrics_per_user = on,
+        },
+        help: "per-user series on the controller's GET /metrics",
+    },
+    Flag {
+        names: &["fallback"],
+        kind: Kind::Value {
+            placeholder: "HOST:PORT",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                if !v.is_empty() {
+                    let (host, port) = split_host_port(v)?;
+                    if host.is_empty() {
+                        return Err("missing host".to_string());
+                    }
+                    parse_port(port)?;
+                }
+                d.config.fallback = non_empty(v);
+                Ok(())
+            },
+        },
+        help: "hand every connection that is not a valid upgrade to a known path, with\n\
+               the bytes already read, to this web server (nginx, Caddy, a static site)",
+    },
+    Flag {
+        names: &["cert-check"],
+        kind: Kind::Value {
+            placeholder: "DURATION",
+            default: DefaultValue::Text("10s"),
+            required: None,
+            check: Some(check_duration),
+            store: |d, v| {
+                d.config.cert_check = nonnegative_duration(v)?;
+                Ok(())
+            },
+        },
+        help: "how often to check -cert/-key for changes and reload them; 0 = only on\n\
+               SIGHUP (default {default})",
+    },
+    Flag {
+        names: &["proxy-protocol"],
+        kind: Kind::Bool {
+            store: |d, on| d.config.proxy_protocol = on,
+        },
+        help: "every data connection starts with a PROXY protocol v1 or v2 header (behind\n\
+               HAProxy or a cloud load balancer); connections without one are closed",
+    },
+    Flag {
+        names: &["bind-unix"],
+        kind: Kind::Value {
+            placeholder: "PATH",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.config.bind_unix = non_empty(v);
+                Ok(())
+            },
+        },
+        help: "also listen on this unix socket (@name: abstract namespace); with it, -b\n\
+               may be left out",
+    },
+    Flag {
+        names: &["fast-open"],
+        kind: Kind::Bool {
+            store: |d, on| d.config.fast_open = on,
+        },
+        help: "TCP Fast Open on the data listener",
+    },
+    Flag {
+        names: &["controller-conns"],
+        kind: Kind::Value {
+            placeholder: "N",
+            default: DefaultValue::Text("256"),
+            required: None,
+            check: Some(check_count),
+            store: |d, v| {
+                d.config.controller_conns = match v.parse::<usize>() {
+                    Ok(n) if n >= 1 => n,
+                    _ => return Err("at least 1".to_string()),
+                };
+                Ok(())
+            },
+        },
+        help: "most concurrent controller connections; more are closed at once (default {default})",
+    },
+    Flag {
+        names: &["driver"],
+        kind: Kind::Value {
+            placeholder: "io_uring|epoll",
+            default: DefaultValue::Text("io_uring"),
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.config.io_uring = match v {
+                    "epoll" => false,
+                    "io_uring" | "uring" => true,
+                    _ => return Err("epoll or io_uring".to_string()),
+                };
+                Ok(())
+            },
+        },
+        help: "the workers' I/O driver; io_uring falls back to epoll where the kernel\n\
+               forbids it (default {default}: far lower latency beside heavy traffic,\n\
+               epoll a little less CPU per byte; see BENCHMARKS.md)",
+    },
+    Flag {
+        names: &["grace"],
+        kind: Kind::Value {
+            placeholder: "DURATION",
+            default: DefaultValue::Text("30s"),
+            required: None,
+            check: Some(check_duration),
+            store: |d, v| {
+                d.config.grace = nonnegative_duration(v)?;
+                Ok(())
+            },
+        },
+        help: "after SIGTERM or SIGINT, how long open tunnels may finish (default {default});\n\
+               a second signal exits at once",
+    },
+];
+
+fn check_duration(s: &str) -> Result<(), String> {
+    parse_signed_duration(s).map(|_| ())
+}
+
+/// A whole number (workers, connection caps): its range is checked when it is stored.
+fn check_count(s: &str) -> Result<(), String> {
+    count(s).map(|_| ())
+}
+
+fn count(s: &str) -> Result<usize, String> {
+    s.parse().map_err(|_| "parse error".to_string())
+}
+
+/// An empty value means "not set", as in the Go server.
+fn non_empty(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// `HOST:PORT` as Go's `net.Listen` takes it; the host is resolved only when binding.
+fn listen_address(v: &str) -> Result<(), String> {
+    split_host_port(v).and_then(|(_, port)| parse_port(port).map(|_| ()))
+}
+
+/// A duration that must be greater than zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_signed_duration(s)? {
+        (false, d) if !d.is_zero() => Ok(d),
+        _ => Err("must be greater than zero".to_string()),
+    }
+}
+
+/// A duration where a negative value means zero (off).
+fn nonnegative_duration(s: &str) -> Result<Duration, String> {
+    let (negative, d) = parse_signed_duration(s)?;
+    Ok(if negative { Duration::ZERO } else { d })
+}
+
+/// The last setting of one flag.
+#[derive(Clone, Debug)]
+pub(super) struct Setting {
+    /// The value; for booleans "true" or "false".
+    pub(super) value: String,
+    /// How the user wrote the flag, Go style (`-bind`), for messages.
+    pub(super) spelled: String,
+}
+
+/// What argv set: the last setting of each flag, by position in [`FLAGS`].
+#[derive(Debug)]
+pub(super) struct Given(Vec<Option<Setting>>);
+
+impl Given {
+    /// The setting of the flag named `name`, if the user gave it.
+    pub(super) fn get(&self, name: &str) -> Option<&Setting> {
+        let index = FLAGS.iter().position(|f| f.names.contains(&name))?;
+        self.0[index].as_ref()
+    }
+
+    /// Each flag with its setting, in table order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&'static Flag, Option<&Setting>)> {
+        FLAGS.iter().zip(self.0.iter().map(Option::as_ref))
+    }
+}
+
+impl Flag {
+    /// How the user spelled the flag, or its first name.
+    pub(super) fn spelled(&self, setting: Option<&Setting>) -> String {
+        match setting {
+            Some(setting) => setting.spelled.clone(),
+            None => format!("-{}", self.names[0]),
+        }
+    }
+
+    /// Puts this flag's setting (or default) into `draft`; `given` is all of argv, for a
+    /// flag whose requirement depends on another.
+    pub(super) fn store(
+        &self,
+        setting: Option<&Setting>,
+        given: &Given,
+        draft: &mut Draft,
+    ) -> Result<(), String> {
+        match &self.kind {
+            Kind::Bool { store } => {
+                store(draft, setting.is_some_and(|s| s.value == "true"));
+                Ok(())
+            }
+            Kind::Value {
+                placeholder,
+                default,
+                required,
+                store,
+                ..
+            } => {
+                let flag = self.spelled(setting);
+                if let Some(required) = required {
+                    // An explicit empty value (`-b=`) is never excused.
+                    let excused = setting.is_none()
+                        && required
+                            .unless
+                            .and_then(|other| given.get(other))
+                            .is_some_and(|other| !other.value.is_empty());
+                    if setting.is_none_or(|s| s.value.is_empty()) && !excused {
+                        return Err(format!(
+                            "flag {flag} is required ({}, {placeholder})",
+                            required.what
+                        ));
+                    }
+                }
+                let Some(value) = setting.map(|s| s.value.clone()).or_else(|| default.text())
+                else {
+                    return Ok(());
+                };
+                store(draft, &value)
+                    .map_err(|e| format!("invalid value {value:?} for flag {flag}: {e}"))
+            }
+        }
+    }
+}
+
+/// Outcome of reading argv.
+#[derive(Debug)]
+pub(super) enum Translation {
+    /// `-h` / `-help` came before any error.
+    Help,
+    Flags(Given),
+}
+
+/// Go's strconv.ParseBool.
+fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Walks the arguments with the rules of Go's `flag.FlagSet.Parse`: first error wins, the
+/// last repeat of a flag wins, `-h` asks for help, a value flag takes the next argument
+/// whatever it looks like, no positional arguments.
+pub(super) fn translate(args: &[String]) -> Result<Translation, String> {
+    let mut settings: Vec<Option<Setting>> = vec![None; FLAGS.len()];
+    // A boolean flag written bare just before, for the `-mux true` hint.
+    let mut bare_bool: Option<String> = None;
+    let mut rest = args;
+    while let Some((arg, tail)) = rest.split_first() {
+        rest = tail;
+        if arg.len() < 2 || !arg.starts_with('-') {
+            let hint = match &bare_bool {
+                Some(flag) if parse_go_bool(arg).is_some() => {
+                    format!(" (a boolean flag takes its value after '=': write {flag}={arg})")
+                }
+                _ => String::new(),
+            };
+            return Err(format!(
+                "unexpected argument {arg:?}: no positional arguments are accepted{hint}"
+            ));
+        }
+        bare_bool = None;
+        let (dashes, body) = match arg.strip_prefix("--") {
+            Some("") => {
+                // "--" ends the flags; Go would hand what follows to the program, which
+                // takes nothing.
+                if let Some(extra) = rest.first() {
+                    return Err(format!(
+                        "unexpected argument {extra:?} after \"--\": no positional arguments \
+                         are accepted"
+                    ));
+                }
+                break;
+            }
+            Some(body) => ("--", body),
+            None => ("-", &arg[1..]),
+        };
+        if body.starts_with('-') || body.starts_with('=') {
+            return Err(format!("bad flag syntax: {arg}"));
+        }
+        let (name, inline) = match body.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (body, None),
+        };
+        let spelled = format!("-{name}");
+        let Some(index) = FLAGS.iter().position(|f| f.names.contains(&name)) else {
+            if name == "h" || name == "help" {
+                return Ok(Translation::Help);
+            }
+            return Err(format!("flag provided but not defined: {dashes}{name}"));
+        };
+        let value = match &FLAGS[index].kind {
+            Kind::Bool { .. } => {
+                let on = match inline {
+                    Some(v) => parse_go_bool(v).ok_or_else(|| {
+                        format!("invalid boolean value {v:?} for {spelled}: parse error")
+                    })?,
+                    None => {
+                        bare_bool = Some(spelled.clone());
+                        true
+                    }
+                };
+                on.to_string()
+            }
+            Kind::Value { check, .. } => {
+                let value = match inline {
+                    Some(v) => v.to_string(),
+                    None => {
+                        // Go takes the next argument whatever it looks like.
+                        let (next, tail) = rest
+                            .split_first()
+                            .ok_or_else(|| format!("flag needs an argument: {spelled}"))?;
+                        rest = tail;
+                        next.clone()
+                    }
+                };
+                if let Some(check) = check {
+                    check(&value)
+                        .map_err(|e| format!("invalid value {value:?} for flag {spelled}: {e}"))?;
+                }
+                value
+            }
+        };
+        settings[index] = Some(Setting { value, spelled });
+    }
+    Ok(Translation::Flags(Given(settings)))
+}
