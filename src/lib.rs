@@ -16,7 +16,8 @@
 //!
 //! - [`server`] (start-up: binds every listener, starts workers and the controller) and
 //!   `main.rs` (argv, logging, exit codes).
-//! - [`config`]: argv in Go's flag syntax to a [`config::Config`]; Go durations.
+//! - [`config`]: argv in Go's flag syntax to a [`config::Config`], every flag described once
+//!   in one table that also drives the usage text; Go durations, listen addresses.
 //! - `worker/`: one thread per core: runtime, accept loop, connection cap, draining, the
 //!   idle sweep, answering the controller. Owns each worker's `tunnel::Context`.
 //! - `tunnel/`: one connection from TLS handshake to end: heads, routing, upgrade, the
