@@ -551,45 +551,54 @@ fn parse_go_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// How a reading of argv stopped early: `-h` / `-help`, or the first error, as Go's
+/// `flag.FlagSet.Parse` would.
+#[derive(Debug)]
+pub(super) enum Stop {
+    Help,
+    Error(String),
+}
+
+/// What the Go-syntax pass read: the flags, and where they ended.
+#[derive(Debug)]
+pub(super) struct Reading<'a> {
+    /// The last setting of each flag, by position in [`FLAGS`].
+    pub(super) settings: Vec<Option<Setting>>,
+    /// The arguments after the flags, Go's `FlagSet.Args()`.
+    pub(super) rest: &'a [String],
+    /// The flags ended with `--` (rather than at a non-flag argument or the end).
+    pub(super) after_dashes: bool,
+    /// The last flag read was boolean and written bare (`-mux`), for the `-mux true` hint.
+    pub(super) bare_bool: Option<String>,
+}
+
 /// Walks the arguments with the rules of Go's `flag.FlagSet.Parse`: first error wins, the
 /// last repeat of a flag wins, `-h` asks for help, a value flag takes the next argument
-/// whatever it looks like, no positional arguments.
-pub(super) fn translate(args: &[String]) -> Result<Translation, String> {
+/// whatever it looks like, a boolean flag never does, the flags end at `--` or at the
+/// first argument that is not one. With `checks`, each value also passes its flag's
+/// [`Check`] when it is read, as Go's `flag.Value.Set` would check it; without, only the
+/// syntax is read (booleans still must be Go booleans: that is the syntax of a bool flag).
+pub(super) fn read(args: &[String], checks: bool) -> Result<Reading<'_>, Stop> {
     let mut settings: Vec<Option<Setting>> = vec![None; FLAGS.len()];
-    // A boolean flag written bare just before, for the `-mux true` hint.
     let mut bare_bool: Option<String> = None;
     let mut rest = args;
+    let mut after_dashes = false;
     while let Some((arg, tail)) = rest.split_first() {
-        rest = tail;
         if arg.len() < 2 || !arg.starts_with('-') {
-            let hint = match &bare_bool {
-                Some(flag) if parse_go_bool(arg).is_some() => {
-                    format!(" (a boolean flag takes its value after '=': write {flag}={arg})")
-                }
-                _ => String::new(),
-            };
-            return Err(format!(
-                "unexpected argument {arg:?}: no positional arguments are accepted{hint}"
-            ));
+            break;
         }
+        rest = tail;
         bare_bool = None;
         let (dashes, body) = match arg.strip_prefix("--") {
             Some("") => {
-                // "--" ends the flags; Go would hand what follows to the program, which
-                // takes nothing.
-                if let Some(extra) = rest.first() {
-                    return Err(format!(
-                        "unexpected argument {extra:?} after \"--\": no positional arguments \
-                         are accepted"
-                    ));
-                }
+                after_dashes = true;
                 break;
             }
             Some(body) => ("--", body),
             None => ("-", &arg[1..]),
         };
         if body.starts_with('-') || body.starts_with('=') {
-            return Err(format!("bad flag syntax: {arg}"));
+            return Err(Stop::Error(format!("bad flag syntax: {arg}")));
         }
         let (name, inline) = match body.split_once('=') {
             Some((name, value)) => (name, Some(value)),
@@ -598,15 +607,19 @@ pub(super) fn translate(args: &[String]) -> Result<Translation, String> {
         let spelled = format!("-{name}");
         let Some(index) = FLAGS.iter().position(|f| f.names.contains(&name)) else {
             if name == "h" || name == "help" {
-                return Ok(Translation::Help);
+                return Err(Stop::Help);
             }
-            return Err(format!("flag provided but not defined: {dashes}{name}"));
+            return Err(Stop::Error(format!(
+                "flag provided but not defined: {dashes}{name}"
+            )));
         };
         let value = match &FLAGS[index].kind {
             Kind::Bool { .. } => {
                 let on = match inline {
                     Some(v) => parse_go_bool(v).ok_or_else(|| {
-                        format!("invalid boolean value {v:?} for {spelled}: parse error")
+                        Stop::Error(format!(
+                            "invalid boolean value {v:?} for {spelled}: parse error"
+                        ))
                     })?,
                     None => {
                         bare_bool = Some(spelled.clone());
@@ -620,21 +633,55 @@ pub(super) fn translate(args: &[String]) -> Result<Translation, String> {
                     Some(v) => v.to_string(),
                     None => {
                         // Go takes the next argument whatever it looks like.
-                        let (next, tail) = rest
-                            .split_first()
-                            .ok_or_else(|| format!("flag needs an argument: {spelled}"))?;
+                        let (next, tail) = rest.split_first().ok_or_else(|| {
+                            Stop::Error(format!("flag needs an argument: {spelled}"))
+                        })?;
                         rest = tail;
                         next.clone()
                     }
                 };
-                if let Some(check) = check {
-                    check(&value)
-                        .map_err(|e| format!("invalid value {value:?} for flag {spelled}: {e}"))?;
+                if let (true, Some(check)) = (checks, check) {
+                    check(&value).map_err(|e| {
+                        Stop::Error(format!("invalid value {value:?} for flag {spelled}: {e}"))
+                    })?;
                 }
                 value
             }
         };
         settings[index] = Some(Setting { value, spelled });
     }
-    Ok(Translation::Flags(Given(settings)))
+    Ok(Reading {
+        settings,
+        rest,
+        after_dashes,
+        bare_bool,
+    })
+}
+
+/// Reads argv as the server takes it: [`read`] with the values' checks, and no arguments
+/// after the flags (the server takes none).
+pub(super) fn translate(args: &[String]) -> Result<Translation, String> {
+    let reading = match read(args, true) {
+        Ok(reading) => reading,
+        Err(Stop::Help) => return Ok(Translation::Help),
+        Err(Stop::Error(msg)) => return Err(msg),
+    };
+    if let Some(arg) = reading.rest.first() {
+        if reading.after_dashes {
+            // Go would hand what follows "--" to the program, which takes nothing.
+            return Err(format!(
+                "unexpected argument {arg:?} after \"--\": no positional arguments are accepted"
+            ));
+        }
+        let hint = match &reading.bare_bool {
+            Some(flag) if parse_go_bool(arg).is_some() => {
+                format!(" (a boolean flag takes its value after '=': write {flag}={arg})")
+            }
+            _ => String::new(),
+        };
+        return Err(format!(
+            "unexpected argument {arg:?}: no positional arguments are accepted{hint}"
+        ));
+    }
+    Ok(Translation::Flags(Given(reading.settings)))
 }

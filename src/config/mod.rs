@@ -7,7 +7,9 @@
 //! `flags.rs`; parsing walks it twice: reading argv with Go's rules (first error wins, the
 //! last repeat of a flag wins, `-h` asks for help), then storing each flag's value or
 //! default in table order into a draft, which the rules that tie flags together (-cert
-//! with -key, -secret against -secret-file) turn into a [`Config`]. The folder also owns
+//! with -key, -secret against -secret-file) turn into a [`Config`]. The first pass alone is
+//! public ([`read_go_syntax`], with [`flag_syntax`]) so that `tests/goflag.rs` can compare
+//! it with Go's own `flag` package. The folder also owns
 //! the usage text (`usage.rs`), Go's duration syntax ([`parse_go_duration`]) and Go's
 //! listen address syntax ([`listen_addr`]). It does not read certificate, key or secret
 //! files, generate certificates, or bind sockets: it only says which files or which mode,
@@ -164,6 +166,51 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Config, ArgsError> {
             .map_err(|msg| usage_error(&msg))?;
     }
     draft.finish().map_err(|msg| usage_error(&msg))
+}
+
+/// Each flag's names (the first is the flag's own) and whether it is boolean, in the order
+/// of the flag table: what a Go `flag.FlagSet` needs to read argv as the server does.
+pub fn flag_syntax() -> Vec<(&'static [&'static str], bool)> {
+    flags::FLAGS
+        .iter()
+        .map(|f| (f.names, matches!(f.kind, flags::Kind::Bool { .. })))
+        .collect()
+}
+
+/// What [`read_go_syntax`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoSyntax {
+    /// The last value given to each flag, by position in [`flag_syntax`]; "true" or
+    /// "false" for a boolean.
+    pub values: Vec<Option<String>>,
+    /// The arguments after the flags (Go's `FlagSet.Args()`), which the server refuses.
+    pub rest: Vec<String>,
+}
+
+/// Why [`read_go_syntax`] stopped, as Go's `FlagSet.Parse` would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoSyntaxError {
+    /// `-h` / `-help` / `--help` came before any error (Go's `flag.ErrHelp`).
+    Help,
+    /// The first syntax error: unknown flag, missing value, bad boolean, bad syntax.
+    Invalid(String),
+}
+
+/// Reads `args` (without argv\[0\]) with Go's `flag` syntax alone, the first pass of
+/// [`parse_args`] without its value checks and everything after: for comparing it with Go.
+pub fn read_go_syntax(args: &[String]) -> Result<GoSyntax, GoSyntaxError> {
+    match flags::read(args, false) {
+        Ok(reading) => Ok(GoSyntax {
+            values: reading
+                .settings
+                .into_iter()
+                .map(|s| s.map(|s| s.value))
+                .collect(),
+            rest: reading.rest.to_vec(),
+        }),
+        Err(flags::Stop::Help) => Err(GoSyntaxError::Help),
+        Err(flags::Stop::Error(msg)) => Err(GoSyntaxError::Invalid(msg)),
+    }
 }
 
 /// A [`Config`] while the flags are stored into it. Every field of `config` that has a

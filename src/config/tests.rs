@@ -672,3 +672,48 @@ fn usage_states_the_worker_limit() {
     let workers = format!("(default {}: the CPUs", default_workers());
     assert!(text.contains(&workers), "{text}");
 }
+
+/// The Go-syntax pass alone (what tests/goflag.rs compares with Go's `flag` package): the
+/// arguments after the flags are returned, not refused; values are not checked.
+#[test]
+fn go_syntax_pass_returns_the_rest_and_checks_no_values() {
+    let row = |name: &str| {
+        flag_syntax()
+            .iter()
+            .position(|(names, _)| names.contains(&name))
+            .unwrap()
+    };
+    let read = |list: &[&str]| read_go_syntax(&args(list));
+    let ok = read(&["-bind", ":1", "--b=:2", "-mux", "x", "-c", ":3"]).unwrap();
+    assert_eq!(ok.values[row("b")].as_deref(), Some(":2"));
+    assert_eq!(ok.values[row("mux")].as_deref(), Some("true"));
+    assert_eq!(ok.values[row("c")], None, "flags end at the first non-flag");
+    assert_eq!(ok.rest, args(&["x", "-c", ":3"]));
+    let ok = read(&["-mux=0", "--", "-b", ":1"]).unwrap();
+    assert_eq!(ok.values[row("mux")].as_deref(), Some("false"));
+    assert_eq!(ok.rest, args(&["-b", ":1"]));
+    // Values are taken as written: -timeout and -workers are checked by parse_args only.
+    let ok = read(&["-timeout", "soon", "-workers=many"]).unwrap();
+    assert_eq!(ok.values[row("timeout")].as_deref(), Some("soon"));
+    assert_eq!(ok.values[row("workers")].as_deref(), Some("many"));
+    assert_usage(&with_bc(&["-timeout", "soon"]), &["-timeout", "soon"]);
+    // Booleans still must be Go booleans: that is a bool flag's syntax.
+    assert!(matches!(
+        read(&["-mux=yes"]),
+        Err(GoSyntaxError::Invalid(_))
+    ));
+    assert!(matches!(
+        read(&["-x", "-h"]),
+        Err(GoSyntaxError::Invalid(_))
+    ));
+    assert_eq!(
+        read(&["-b", ":1", "--help", "-x"]),
+        Err(GoSyntaxError::Help)
+    );
+    assert!(flag_syntax()
+        .iter()
+        .any(|&(names, is_bool)| names == ["mux"] && is_bool));
+    assert!(flag_syntax()
+        .iter()
+        .any(|&(names, is_bool)| names == ["b", "bind"] && !is_bool));
+}
