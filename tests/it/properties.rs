@@ -8,7 +8,7 @@
 //! Generated valid inputs are built by encoders written here, independent of the code under
 //! test, and must decode to exactly what was encoded however the input is cut into reads.
 
-#[path = "../fuzz/src/harness.rs"]
+#[path = "../../fuzz/src/harness.rs"]
 mod harness;
 
 use std::path::Path;
