@@ -9,6 +9,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use mtt_mu_server::http;
 use mtt_mu_server::routes::{Route, RouteChange, RouteTable};
+use testkit::rng::Rng;
 
 const USER_COUNTS: [usize; 3] = [10, 100_000, 1_000_000];
 /// How many distinct paths the `spread` pattern cycles through.
@@ -17,14 +18,6 @@ const SPREAD: usize = 4096;
 /// A path shaped like a panel's: a slash and 16 hex digits.
 fn path(i: usize) -> String {
     format!("/{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-}
-
-/// xorshift64*, so the bench needs no extra crate and is repeatable.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
 fn table_with(users: usize) -> RouteTable {
@@ -46,9 +39,10 @@ fn lookup(c: &mut Criterion) {
             b.iter(|| table.lookup(black_box(key.as_str())).is_some())
         });
 
-        let mut state = 0x1234_5678_9abc_def1u64;
+        // Seeded, so every run looks up the same paths.
+        let mut rng = Rng::new(0x1234_5678_9abc_def1);
         let keys: Vec<String> = (0..SPREAD)
-            .map(|_| path(next(&mut state) as usize % users))
+            .map(|_| path(rng.below(users as u64) as usize))
             .collect();
         let mut i = 0;
         group.bench_with_input(BenchmarkId::new("spread", users), &keys, |b, keys| {

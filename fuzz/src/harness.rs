@@ -3,7 +3,7 @@
 //! (`smux`) and the controller's command parser (`controller`).
 //!
 //! Shared by the cargo-fuzz targets in `fuzz/fuzz_targets/` (as the library of the fuzz
-//! crate) and by `tests/properties.rs` (which includes this file with `#[path]`), so the
+//! crate) and by `tests/it/properties.rs` (which includes this file with `#[path]`), so the
 //! fuzzers and the property tests hold the code to the same contracts. Every check panics
 //! on a violation, which both libFuzzer and proptest report with the input.
 //!

@@ -12,7 +12,7 @@
 //! the same way). Keepalive as mtt's Go peer expects: a NOP every 30 s, and the session
 //! ends after 70 s in which nothing arrived. Each stream closes after `-timeout` idle.
 //!
-//! What the end-to-end tests against the Go peer (`tests/mux.rs`) taught:
+//! What the end-to-end tests against the Go peer (`tests/it/mux.rs`) taught:
 //! - A frame being written to the client is never cut short (a stream that ends, or the
 //!   session, waits for it): a cancelled write poisons the connection's writer, and every
 //!   stream of the session would be dead.

@@ -183,19 +183,19 @@ fn mux_session(b: &Bulk, go: &Barrier) -> io::Result<Done> {
     };
     while !finished(&got, acked) {
         match reader.next(&mut t)? {
-            Chunk::Data(r) => decoder.feed(&reader.buf[r], |event, data| match event {
-                SmuxEvent::Data { sid, len } => {
+            Chunk::Data(r) => decoder.feed(&reader.buf[r], |event| match event {
+                SmuxEvent::Data(sid, data) => {
                     let i = (sid as usize).saturating_sub(1) / 2;
                     if let Some(g) = got.get_mut(i) {
                         if b.upload && *g == 0 && data.first() == Some(&ACK) {
                             acked += 1;
                         }
-                        *g += len as u64;
+                        *g += data.len() as u64;
                     }
                 }
                 SmuxEvent::Fin(sid) => failure = Some(format!("server closed stream {sid}")),
-                SmuxEvent::Other => {}
-            }),
+                SmuxEvent::Syn(_) | SmuxEvent::Nop => {}
+            })?,
             other => return Err(io::Error::other(format!("session ended: {other:?}"))),
         }
         if let Some(why) = failure.take() {

@@ -1,18 +1,22 @@
 //! The client side of every protocol the load generator speaks: TCP (from a chosen source
-//! address), TLS (rustls, resumption on or off), the WebSocket upgrade and client framing
-//! (masked frames out, server frames in), and smux v1 framing inside the WebSocket byte
-//! stream. Blocking std IO: one thread per connection when they are busy, none when idle.
+//! address), TLS as mtt-client negotiates it (resumption on or off), the WebSocket upgrade,
+//! bulk-friendly framing (one fixed mask, smux frames packed into WebSocket frames), and a
+//! reader that hands out payload in place. The TLS client, the frame and smux encoders and
+//! the smux decoder are the kit's (`testkit`). Blocking std IO: one thread per connection
+//! when they are busy, none when idle.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::ClientConfig;
+use testkit::smux::push_smux;
+pub use testkit::smux::{SmuxDecoder, SmuxEvent, FIN, PSH, SYN};
+use testkit::tls::Signatures;
+pub use testkit::tls::Transport;
 
 /// The name the client sends as SNI.
 pub const SERVER_NAME: &str = "bench.local";
@@ -51,130 +55,22 @@ impl Proto {
     }
 }
 
-/// Accepts any certificate: the relays under test use a throwaway self-signed one, and
-/// skipping the client's signature check keeps the client's CPU for the load.
-#[derive(Debug)]
-struct AcceptAny;
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![
-            SignatureScheme::ECDSA_NISTP256_SHA256,
-            SignatureScheme::ECDSA_NISTP384_SHA384,
-            SignatureScheme::ED25519,
-            SignatureScheme::RSA_PSS_SHA256,
-            SignatureScheme::RSA_PKCS1_SHA256,
-        ]
-    }
-}
-
 /// What mtt-client negotiates (TLS 1.3, AES-128-GCM, X25519), so every relay does the same
 /// cryptography. With `resume`, sessions are cached and resumed as mtt-client does.
 pub fn tls_config(resume: bool) -> Arc<ClientConfig> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
     provider.kx_groups = vec![rustls::crypto::ring::kx_group::X25519];
-    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3 with AES-128-GCM is a valid choice")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
-        .with_no_client_auth();
+    // The relays under test use a throwaway self-signed certificate, and skipping the
+    // client's signature check keeps the client's CPU for the load.
+    let mut config =
+        testkit::tls::client_config(provider, &[&rustls::version::TLS13], Signatures::Skip);
     config.resumption = if resume {
         Resumption::in_memory_sessions(4096)
     } else {
         Resumption::disabled()
     };
     Arc::new(config)
-}
-
-/// A connected byte stream, plain or TLS.
-pub enum Transport {
-    Tcp(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl Transport {
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Transport::Tcp(s) => s,
-            Transport::Tls(s) => &s.sock,
-        }
-    }
-
-    /// Whether the TLS handshake was a resumption (`None` without TLS).
-    pub fn resumed(&self) -> Option<bool> {
-        match self {
-            Transport::Tcp(_) => None,
-            Transport::Tls(s) => {
-                Some(s.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
-            }
-        }
-    }
-
-    /// Ends politely: TLS close_notify, then the TCP close when dropped.
-    pub fn close(mut self) {
-        if let Transport::Tls(s) = &mut self {
-            s.conn.send_close_notify();
-            let _ = s.flush();
-        }
-    }
-}
-
-impl Read for Transport {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Transport::Tcp(s) => s.read(buf),
-            Transport::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Transport {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Transport::Tcp(s) => s.write(buf),
-            Transport::Tls(s) => s.write(buf),
-        }
-    }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Transport::Tcp(s) => s.write_all(buf),
-            Transport::Tls(s) => s.write_all(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Transport::Tcp(s) => s.flush(),
-            Transport::Tls(s) => s.flush(),
-        }
-    }
 }
 
 /// TCP connect from `source` (any port) when given. IP_BIND_ADDRESS_NO_PORT lets the
@@ -216,52 +112,22 @@ pub fn connect(
     tls: &Arc<ClientConfig>,
     source: Option<IpAddr>,
 ) -> io::Result<Transport> {
-    let mut tcp = connect_tcp(addr, source)?;
+    let tcp = connect_tcp(addr, source)?;
     tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
     if !proto.tls() {
         return Ok(Transport::Tcp(tcp));
     }
-    let name = ServerName::try_from(SERVER_NAME).expect("a valid DNS name");
-    let mut conn = ClientConnection::new(Arc::clone(tls), name).map_err(io::Error::other)?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp)?;
-    }
-    Ok(Transport::Tls(Box::new(StreamOwned::new(conn, tcp))))
+    let mut t = Transport::tls(tcp, testkit::tls::client(Arc::clone(tls), SERVER_NAME));
+    t.handshake()?;
+    Ok(t)
 }
 
-/// The WebSocket upgrade to `path` asking for `protocol`, as mtt-client sends it. Returns
-/// the bytes that came after the `101` head (the start of the server's frames).
+/// The WebSocket upgrade to `path` asking for `protocol`, as mtt-client sends it, with the
+/// `101` checked. Returns the bytes that came after the `101` head (the start of the
+/// server's frames).
 pub fn upgrade(t: &mut Transport, path: &str, protocol: &str) -> io::Result<Vec<u8>> {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nUser-Agent: Go-http-client/1.1\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Protocol: {protocol}\r\nSec-WebSocket-Version: 13\r\n\
-         Upgrade: websocket\r\n\r\n"
-    );
-    t.write_all(request.as_bytes())?;
-    t.flush()?;
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = t.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed during upgrade",
-            ));
-        }
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            if !head.starts_with(b"HTTP/1.1 101") {
-                let line = String::from_utf8_lossy(&head[..head.len().min(60)]).into_owned();
-                return Err(io::Error::other(format!("upgrade refused: {line}")));
-            }
-            return Ok(head.split_off(end + 4));
-        }
-        if head.len() > 16384 {
-            return Err(io::Error::other("oversized upgrade response"));
-        }
-    }
+    // The key's value does not matter to a load test; one seed keeps every run alike.
+    testkit::ws::upgrade(t, path, protocol, &mut testkit::rng::Rng::new(1))
 }
 
 /// Appends a masked binary client frame carrying `payload`.
@@ -271,7 +137,7 @@ pub fn ws_frame(payload: &[u8], out: &mut Vec<u8>) {
 
 /// Appends a masked client frame with this opcode.
 pub fn ws_frame_with(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
-    soak::ws::push_frame(out, true, opcode, payload, MASK);
+    testkit::ws::push_frame(out, true, opcode, payload, MASK);
 }
 
 /// What the server sent next.
@@ -383,84 +249,11 @@ impl Reader {
     }
 }
 
-/// smux v1 command bytes.
-pub const SYN: u8 = 0;
-pub const FIN: u8 = 1;
-pub const PSH: u8 = 2;
-
-/// Appends one smux frame header.
-pub fn smux_header(cmd: u8, sid: u32, len: u16, out: &mut Vec<u8>) {
-    out.push(1);
-    out.push(cmd);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&sid.to_le_bytes());
-}
-
 /// Appends one smux frame as one masked WebSocket frame.
 pub fn smux_in_ws(cmd: u8, sid: u32, payload: &[u8], out: &mut Vec<u8>) {
     let mut frame = Vec::with_capacity(8 + payload.len());
-    smux_header(cmd, sid, payload.len() as u16, &mut frame);
-    frame.extend_from_slice(payload);
+    push_smux(&mut frame, cmd, sid, payload);
     ws_frame(&frame, out);
-}
-
-/// What came in for a smux stream.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SmuxEvent {
-    Data { sid: u32, len: usize },
-    Fin(u32),
-    Other,
-}
-
-/// Decodes the smux frames inside a WebSocket payload stream (payload only counted, not
-/// kept: the load generator needs sizes, plus the first byte for acknowledgements).
-#[derive(Default)]
-pub struct SmuxDecoder {
-    hdr: [u8; 8],
-    hdr_len: usize,
-    remaining: usize,
-    sid: u32,
-    psh: bool,
-}
-
-impl SmuxDecoder {
-    /// Feeds `data`, calling `on` for each event.
-    pub fn feed(&mut self, mut data: &[u8], mut on: impl FnMut(SmuxEvent, &[u8])) {
-        while !data.is_empty() {
-            if self.remaining > 0 {
-                let k = self.remaining.min(data.len());
-                if self.psh {
-                    on(
-                        SmuxEvent::Data {
-                            sid: self.sid,
-                            len: k,
-                        },
-                        &data[..k],
-                    );
-                }
-                self.remaining -= k;
-                data = &data[k..];
-                continue;
-            }
-            let k = (8 - self.hdr_len).min(data.len());
-            self.hdr[self.hdr_len..self.hdr_len + k].copy_from_slice(&data[..k]);
-            self.hdr_len += k;
-            data = &data[k..];
-            if self.hdr_len < 8 {
-                return;
-            }
-            self.hdr_len = 0;
-            let cmd = self.hdr[1];
-            self.remaining = usize::from(u16::from_le_bytes([self.hdr[2], self.hdr[3]]));
-            self.sid = u32::from_le_bytes([self.hdr[4], self.hdr[5], self.hdr[6], self.hdr[7]]);
-            self.psh = cmd == PSH;
-            match cmd {
-                FIN => on(SmuxEvent::Fin(self.sid), &[]),
-                PSH => {}
-                _ => on(SmuxEvent::Other, &[]),
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -483,40 +276,6 @@ mod tests {
                 .map(|(i, b)| b ^ MASK[i & 3])
                 .collect();
             assert_eq!(body, payload);
-        }
-    }
-
-    #[test]
-    fn smux_decoder_survives_any_split() {
-        let mut stream = Vec::new();
-        smux_header(SYN, 1, 0, &mut stream);
-        smux_header(PSH, 1, 5, &mut stream);
-        stream.extend_from_slice(b"hello");
-        smux_header(3, 0, 0, &mut stream);
-        smux_header(PSH, 3, 2, &mut stream);
-        stream.extend_from_slice(b"hi");
-        smux_header(FIN, 1, 0, &mut stream);
-        for split in 1..stream.len() {
-            let mut decoder = SmuxDecoder::default();
-            let mut data: Vec<(u32, Vec<u8>)> = Vec::new();
-            let mut fins = Vec::new();
-            let mut others = 0;
-            for chunk in stream.chunks(split) {
-                decoder.feed(chunk, |event, bytes| match event {
-                    SmuxEvent::Data { sid, len } => {
-                        assert_eq!(len, bytes.len());
-                        match data.last_mut() {
-                            Some((s, d)) if *s == sid => d.extend_from_slice(bytes),
-                            _ => data.push((sid, bytes.to_vec())),
-                        }
-                    }
-                    SmuxEvent::Fin(sid) => fins.push(sid),
-                    SmuxEvent::Other => others += 1,
-                });
-            }
-            assert_eq!(data, vec![(1, b"hello".to_vec()), (3, b"hi".to_vec())]);
-            assert_eq!(fins, vec![1]);
-            assert_eq!(others, 2, "SYN and NOP");
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::prng::{mismatches, ByteStream};
+use testkit::rng::{mismatches, ByteStream};
 
 pub const HEADER_LEN: usize = 24;
 pub const MAGIC: &[u8; 4] = b"SOAK";

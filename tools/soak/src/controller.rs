@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::prng::Rng;
+use testkit::rng::Rng;
 
 /// A keep-alive connection to the controller, reopened after `reuse` requests.
 pub struct Controller {

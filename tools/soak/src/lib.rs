@@ -10,29 +10,24 @@
 //! closes they must come back to the baseline taken before the first one opened: the fd
 //! count exactly, the RSS within a slack.
 //!
-//! The binary (`src/main.rs`) is a command line over [`run`]; `tests/soak.rs` of the
+//! The binary (`src/main.rs`) is a command line over [`run`]; `tests/it/soak.rs` of the
 //! server calls [`run`] directly for the short soak of CI. RELIABILITY.md ("Soak") says
 //! what it checks and what it found.
 //!
 //! Layout:
 //! - this file: [`Config`], [`run`] (the phases, the baseline checks, the verdict), [`Report`].
 //! - [`tunnel`]: plain tunnels and mux sessions, the worker threads that drive them.
-//! - [`ws`]: client-side RFC 6455 framing and smux v1 framing.
-//! - [`conn`]: TCP, TLS (rustls, ring), the WebSocket upgrade.
 //! - [`backend`]: the echo backend that also checks the upload.
 //! - [`controller`]: the controller client and the user churn.
 //! - [`server`]: starting the server under test, or attaching to one.
-//! - [`procfs`]: the server's RSS and fds; our open-file limit.
-//! - [`prng`]: seeds and the per-tunnel byte streams.
+//!
+//! The client side (TLS, WebSocket and smux framing, the upgrade), the /proc readers and
+//! the seeded generators are the `testkit` crate's, shared with the tests and loadgen.
 
 pub mod backend;
-pub mod conn;
 pub mod controller;
-pub mod prng;
-pub mod procfs;
 pub mod server;
 pub mod tunnel;
-pub mod ws;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -42,6 +37,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use testkit::procfs;
+use testkit::rng;
 
 use crate::controller::{ChurnConfig, ChurnStats, Controller};
 use crate::tunnel::{Mux, Plain, Shared, TunnelConfig, Unit};
@@ -189,8 +186,6 @@ fn gib(bytes: u64) -> String {
 
 /// Runs a soak as configured; prints progress through `log`. Errors only for a soak that
 /// could not start (server or backend); everything found later is in the report.
-/// Runs a soak as configured; prints progress through `log`. Errors only for a soak that
-/// could not start (server or backend); everything found later is in the report.
 pub fn run(cfg: &Config, log: &(dyn Fn(&str) + Sync)) -> Result<Report, String> {
     let fds_needed = 2 * (cfg.plain + cfg.mux * (cfg.streams_per_session + 1)) as u64 + 1024;
     let nofile = procfs::raise_nofile(fds_needed.max(65536));
@@ -274,7 +269,9 @@ pub fn run(cfg: &Config, log: &(dyn Fn(&str) + Sync)) -> Result<Report, String> 
     let shared = Arc::new(Shared {
         cfg: TunnelConfig {
             data: running.data,
-            tls: cfg.tls.then(conn::tls_config),
+            tls: cfg
+                .tls
+                .then(|| testkit::tls::tls_config(vec![b"http/1.1".to_vec()])),
             paths: soak_users.iter().map(|(p, _)| p.clone()).collect(),
             max_plain_bytes: cfg.max_plain_bytes,
             max_stream_bytes: cfg.max_stream_bytes,
@@ -682,11 +679,11 @@ impl PhaseCtx<'_> {
         let churn_stop = Arc::new(AtomicBool::new(false));
         let churn = {
             let mut cc = self.churn.clone();
-            cc.seed = prng::mix(&[cfg.seed, 6, index]);
+            cc.seed = rng::mix(&[cfg.seed, 6, index]);
             let (stats, stop) = (Arc::clone(self.churn_stats), Arc::clone(&churn_stop));
             std::thread::spawn(move || controller::churn(&cc, &stats, &stop))
         };
-        let seed = prng::mix(&[cfg.seed, 7, index]);
+        let seed = rng::mix(&[cfg.seed, 7, index]);
         let units = cfg.plain + cfg.mux;
         let threads = if cfg.threads > 0 {
             cfg.threads
@@ -714,7 +711,7 @@ impl PhaseCtx<'_> {
         let mut spawned = 0;
         for (i, group) in groups.into_iter().enumerate() {
             let (shared, done_tx) = (Arc::clone(self.shared), done_tx.clone());
-            let seed = prng::mix(&[seed, i as u64]);
+            let seed = rng::mix(&[seed, i as u64]);
             let ok = std::thread::Builder::new()
                 .name(format!("soak-{i}"))
                 .stack_size(512 * 1024)

@@ -16,10 +16,19 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
+use testkit::rng::{mismatches, mix, ByteStream, Rng};
+use testkit::smux::{self, SmuxDecoder, SmuxEvent};
+use testkit::tls::Transport;
+use testkit::ws::{self, Event, WsReader};
+
 use crate::backend;
-use crate::conn::{self, Transport};
-use crate::prng::{mismatches, mix, ByteStream, Rng};
-use crate::ws::{self, Event, SmuxDecoder, SmuxEvent, WsReader};
+
+/// Read and write timeout of a tunnel's socket: a tunnel with data in flight that moves
+/// nothing for this long is reported as stalled.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The SNI name the soak's TLS clients send.
+const SERVER_NAME: &str = "www.example.com";
 
 /// What every tunnel needs to know.
 pub struct TunnelConfig {
@@ -50,7 +59,7 @@ pub enum Failure {
     Connect,
     /// The connection ended, or the server closed the tunnel or a stream, before we did.
     Drop,
-    /// Nothing moved for [`conn::IO_TIMEOUT`] while data was in flight.
+    /// Nothing moved for [`IO_TIMEOUT`] while data was in flight.
     Stall,
     /// Echoed bytes differed from those sent, or more came back than was sent.
     Corrupt,
@@ -143,14 +152,18 @@ struct Conn {
 impl Conn {
     fn open(sh: &Shared, rng: &mut Rng, protocol: &str) -> Result<Conn, String> {
         let cfg = &sh.cfg;
-        let mut t =
-            conn::connect(cfg.data, cfg.tls.as_ref()).map_err(|e| format!("connect: {e}"))?;
+        let mut t = testkit::tls::connect(
+            cfg.data,
+            cfg.tls.as_ref().map(|c| (c, SERVER_NAME)),
+            IO_TIMEOUT,
+        )
+        .map_err(|e| format!("connect: {e}"))?;
         let mut path = cfg.paths[rng.below(cfg.paths.len() as u64) as usize].clone();
         if rng.chance(1, 4) {
             // The query string is not part of the route key.
             path.push_str(&format!("?t={}", rng.below(1_000_000)));
         }
-        let early = conn::upgrade(&mut t, &path, protocol, rng)
+        let early = ws::upgrade(&mut t, &path, protocol, rng)
             .map_err(|e| format!("upgrade {path}: {e}"))?;
         Ok(Conn {
             t,
@@ -592,7 +605,7 @@ impl Mux {
         for i in 0..self.streams.len() {
             if let Some(s) = &mut self.streams[i] {
                 if retiring || s.flow.sent >= s.flow.budget {
-                    ws::push_smux(&mut smux, ws::SMUX_FIN, s.sid, &[]);
+                    smux::push_smux(&mut smux, smux::FIN, s.sid, &[]);
                     self.streams[i] = None;
                     sh.stats.streams_completed.fetch_add(1, Relaxed);
                     sh.stats.active_streams.fetch_sub(1, Relaxed);
@@ -601,7 +614,7 @@ impl Mux {
             let fresh = self.streams[i].is_none() && !retiring;
             if fresh {
                 let s = self.open_stream(sh);
-                ws::push_smux(&mut smux, ws::SMUX_SYN, s.sid, &[]);
+                smux::push_smux(&mut smux, smux::SYN, s.sid, &[]);
                 self.streams[i] = Some(s);
             }
             if let Some(s) = &mut self.streams[i] {
@@ -616,13 +629,13 @@ impl Mux {
                     } else {
                         self.rng.range(1, left)
                     } as usize;
-                    ws::push_smux(&mut smux, ws::SMUX_PSH, s.sid, &chunk[at..at + n]);
+                    smux::push_smux(&mut smux, smux::PSH, s.sid, &chunk[at..at + n]);
                     at += n;
                 }
             }
         }
         if self.rng.chance(1, 20) {
-            ws::push_smux(&mut smux, ws::SMUX_NOP, 0, &[]);
+            smux::push_smux(&mut smux, smux::NOP, 0, &[]);
         }
         let mut out = Vec::new();
         if !smux.is_empty() {

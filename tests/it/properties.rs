@@ -1,4 +1,4 @@
-//! Property tests of the pure pieces that read hostile input (issue 5, item 1): the request
+//! Property tests of the pure pieces that read hostile input: the request
 //! head reader and route key (`http`), the WebSocket frame decoder (`ws`), the smux v1
 //! decoder (`smux`) and the controller's command parser (`controller`).
 //!
@@ -8,7 +8,7 @@
 //! Generated valid inputs are built by encoders written here, independent of the code under
 //! test, and must decode to exactly what was encoded however the input is cut into reads.
 
-#[path = "../fuzz/src/harness.rs"]
+#[path = "../../fuzz/src/harness.rs"]
 mod harness;
 
 use std::path::Path;
@@ -1035,7 +1035,8 @@ proptest! {
         prop_assert_eq!(controller::parse_command(body(2).as_bytes()), Ok(Command::Del(paths)));
     }
 
-    /// Arbitrary JSON values never panic and mean what SPEC section 5 says.
+    /// Arbitrary JSON values never panic and mean what the controller's contract says
+    /// (a command error is res 2, a wrong JSON type a 400).
     #[test]
     fn controller_arbitrary_json(value in prop_oneof![json_value(), command_like()]) {
         let body = serde_json::to_vec(&value).unwrap();

@@ -2,16 +2,16 @@
 //! mode (over TCP and a unix socket), HAProxy sending PROXY v1 and v2, live certificate
 //! reload, unix sockets and TCP Fast Open.
 
-mod common;
-
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::gopeer::gopeer;
+use testkit::prelude::*;
+use testkit::sock::free_port;
 
 /// A program the test needs; in CI its absence is a failure, elsewhere a skip.
 fn need(program: &str) -> bool {
@@ -28,25 +28,6 @@ fn need(program: &str) -> bool {
         eprintln!("SKIPPED: {program} is not installed; ./run-tests.sh installs it");
     }
     found
-}
-
-/// A loopback port that was free a moment ago (for programs that cannot report theirs).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mtt-edge-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    // nginx's workers run as nobody: let them in.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
 }
 
 /// A child process killed when dropped.
@@ -116,11 +97,11 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A TLS client stream through `addr` (nginx, HAProxy), as `Conn`.
-fn tls_conn(addr: SocketAddr) -> Conn {
+/// A TLS client stream through `addr` (nginx, HAProxy), as `Transport`.
+fn tls_conn(addr: SocketAddr) -> Transport {
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
-    Conn::Tls(Box::new(rustls::StreamOwned::new(tls_client(), tcp)))
+    Transport::tls(tcp, tls_client())
 }
 
 fn echo_once<S: Read + Write>(conn: &mut S, path: &str) {
@@ -217,7 +198,7 @@ fn nginx_terminates_tls_in_front_of_plain_mode_over_tcp_and_unix_socket() {
         let mut conn = tls_conn(addr);
         echo_once(&mut conn, &path);
         // Mux through the same front, with the Go client, when it is there.
-        if let Some(peer) = go_peer() {
+        if let Some(peer) = gopeer() {
             let output = Command::new(peer)
                 .args([
                     "-addr",
@@ -240,29 +221,6 @@ fn nginx_terminates_tls_in_front_of_plain_mode_over_tcp_and_unix_socket() {
             );
         }
     }
-}
-
-/// The Go mtt-client stand-in, built once (see tests/gopeer); `None` when Go is missing
-/// outside CI.
-fn go_peer() -> Option<&'static Path> {
-    static PEER: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    PEER.get_or_init(|| {
-        if !need("go") {
-            return None;
-        }
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gopeer-edge");
-        let status = Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/gopeer/build.sh"
-            ))
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the Go peer failed");
-        Some(out)
-    })
-    .as_deref()
 }
 
 #[test]

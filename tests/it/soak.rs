@@ -1,4 +1,4 @@
-//! The short soak of CI (issue 5, item 7): a few hundred tunnels, plain and mux over TLS,
+//! The short soak of CI: a few hundred tunnels, plain and mux over TLS,
 //! each streaming its own checksummed bytes both ways through an echo backend while the
 //! controller adds, deletes and overwrites other users at 20 commands a second. Fails on
 //! any corrupted byte, unexpected disconnect, stall, failed connect or protocol error, on a
@@ -10,6 +10,11 @@
 //! possibly beside other tests: the load is paced to stay far from the server's timeouts.
 //! The long soak (release build, thousands of tunnels, 10 minutes) is run by hand with
 //! `target/release/soak`; its figures are in RELIABILITY.md.
+//!
+//! It shares this test process with the other integration tests: `soak::run` raises the
+//! process's open-file limit (it needs about a thousand descriptors), which only ever
+//! raises it, so no other test can see a lower limit than it had; every other check is
+//! on the soak's own server process.
 
 use std::time::Duration;
 

@@ -1,14 +1,20 @@
-//! Deterministic pseudo-random numbers (splitmix64) and the byte stream a tunnel sends.
+//! Deterministic pseudo-random numbers: [`Rng`] (splitmix64) for everything the kit and
+//! the tools choose at random, [`XorShift64`] where bytes must match the Go peer's bit for
+//! bit; and the byte streams built from them ([`pattern`], [`ByteStream`]).
+//!
+//! Not cryptographic, and not meant to be: a seed must give the same run again.
 
 /// splitmix64: tiny, fast, and every seed gives a different full-period stream.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 
 impl Rng {
+    /// The generator of `seed`.
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
+    /// The next number, uniform over `u64`.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -41,9 +47,39 @@ impl Rng {
         self.below(den) < num
     }
 
+    /// A WebSocket masking key.
     pub fn mask(&mut self) -> [u8; 4] {
         (self.next_u64() as u32).to_le_bytes()
     }
+}
+
+/// xorshift64 (13, 7, 17) seeded as `tests/gopeer/main.go` seeds its pattern: the Go peer's
+/// bytes are recomputed from it, so it must stay bit for bit what main.go does.
+#[derive(Clone, Debug)]
+pub struct XorShift64(u64);
+
+impl XorShift64 {
+    /// The generator of `seed`: state `seed * 0x9E3779B97F4A7C15 | 1` (never zero).
+    pub fn new(seed: u64) -> XorShift64 {
+        XorShift64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next state.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// `len` deterministic pseudo-random bytes for `seed` (the low byte of each [`XorShift64`]
+/// step): test payloads that are easy to regenerate and compare.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = XorShift64::new(seed);
+    (0..len).map(|_| x.next_u64() as u8).collect()
 }
 
 /// Mixes several numbers into one seed.
@@ -67,6 +103,7 @@ pub struct ByteStream {
 }
 
 impl ByteStream {
+    /// The stream of `seed`.
     pub fn new(seed: u64) -> ByteStream {
         ByteStream {
             rng: Rng::new(seed ^ 0xb17e_57e4_a11d_a7a0),
@@ -128,6 +165,21 @@ mod tests {
         let mut other = vec![0u8; 1000];
         ByteStream::new(8).fill(&mut other);
         assert!(mismatches(&whole, &other) > 900);
+    }
+
+    #[test]
+    fn pattern_is_the_xorshift_low_byte() {
+        // What the tests' payloads were before the kit existed: seed 1, first bytes.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15 | 1;
+        let want: Vec<u8> = (0..64)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert_eq!(pattern(64, 1), want);
     }
 
     #[test]

@@ -1,11 +1,9 @@
 //! Graceful shutdown and the connection cap, as an operator sees them.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::prelude::*;
 
 #[test]
 fn sigterm_stops_accepting_lets_tunnels_finish_then_exits_0() {

@@ -1,4 +1,4 @@
-//! Our argv reader against Go's own `flag` package (SPEC 2: Go's flag syntax must work
+//! Our argv reader against Go's own `flag` package (the Go server's flag syntax must work
 //! unchanged), over about 190,000 generated command lines.
 //!
 //! `tests/goflag/main.go` defines every name of the flag table

@@ -1,11 +1,9 @@
 //! Start-up as an operator sees it: Go-style flags, exit codes, TLS files, a busy port.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use testkit::prelude::*;
 
 fn run(args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mtt-mu-server"))
@@ -102,8 +100,7 @@ fn go_flag_spellings_start_the_server() {
 
 #[test]
 fn unreadable_or_mismatched_cert_refuses_to_start() {
-    let dir = std::env::temp_dir().join(format!("mtt-startup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("startup");
     let a = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
     let b = rcgen::generate_simple_self_signed(vec!["b.example".into()]).unwrap();
     let cert_a = dir.join("a.pem");
@@ -141,8 +138,7 @@ fn unreadable_or_mismatched_cert_refuses_to_start() {
 
 #[test]
 fn cert_and_key_files_are_served() {
-    let dir = std::env::temp_dir().join(format!("mtt-certs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("certs");
     let generated = rcgen::generate_simple_self_signed(vec!["tunnel.example".into()]).unwrap();
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");

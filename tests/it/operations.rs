@@ -1,19 +1,16 @@
 //! What operators run for real users: an authenticated controller, per-user counters,
 //! Prometheus metrics, full sync, kicking, and state that survives a crash.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
+use testkit::prelude::*;
 
 fn post_with(server: &Server, body: &str, auth: Option<&str>) -> (u16, Value) {
     let auth = auth
@@ -27,13 +24,6 @@ fn post_with(server: &Server, body: &str, auth: Option<&str>) -> (u16, Value) {
         ),
     );
     (status, serde_json::from_slice(&raw).expect("JSON reply"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mtt-ops-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

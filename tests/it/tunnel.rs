@@ -1,13 +1,11 @@
 //! The plain tunnel end to end: the real server, real clients (tungstenite and raw frames),
 //! real backends, over TLS and plain TCP.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::prelude::*;
 use tungstenite::Message;
 
 fn echo_roundtrip(server: &Server) {
@@ -55,9 +53,9 @@ fn tls_12_clients_are_served_too() {
         let tls = rustls::ClientConnection::new(config, name).unwrap();
         let tcp = std::net::TcpStream::connect(server.data).unwrap();
         tcp.set_read_timeout(Some(WAIT)).unwrap();
-        let mut conn = Conn::Tls(Box::new(rustls::StreamOwned::new(tls, tcp)));
+        let mut conn = Transport::Tls(Box::new(rustls::StreamOwned::new(tls, tcp)));
         assert_eq!(raw_upgrade(&mut conn, &path, "").0, 101);
-        if let Conn::Tls(stream) = &conn {
+        if let Transport::Tls(stream) = &conn {
             assert_eq!(stream.conn.protocol_version(), Some(expected));
         }
         // Frames larger than a TLS record, both ways, then a clean close.
@@ -631,7 +629,7 @@ fn idle_tls_tunnels_stay_small() {
     };
     // The first tunnels size the worker's tables and the allocator's arenas.
     let warm: Vec<Ws> = (0..200).map(|_| open()).collect();
-    let before = rss_kib(&server);
+    let before = server.rss_kib();
     const COUNT: u64 = 1000;
     let tunnels: Vec<Ws> = (0..COUNT).map(|_| open()).collect();
     let mut held = Vec::new();
@@ -642,7 +640,7 @@ fn idle_tls_tunnels_stay_small() {
                 .expect("the server dialed each tunnel"),
         );
     }
-    let per_tunnel = (rss_kib(&server) - before) as f64 / COUNT as f64;
+    let per_tunnel = (server.rss_kib() - before) as f64 / COUNT as f64;
     // Debug builds lay futures out with more temporaries.
     let limit = if cfg!(debug_assertions) { 14.0 } else { 10.0 };
     assert!(

@@ -1,13 +1,11 @@
-//! The controller (SPEC section 5) over real HTTP: every command, every error, the limits,
+//! The controller over real HTTP: every command, every error, the limits,
 //! keep-alive, and that each reply is seen by the data port at once.
-
-mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
 
-use common::*;
 use serde_json::{json, Value};
+use testkit::prelude::*;
 
 /// POSTs `body` and checks the reply's shape: JSON content type, all three keys.
 fn post(server: &Server, body: &str) -> (u16, Value) {

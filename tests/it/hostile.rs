@@ -1,752 +1,37 @@
-//! The hostile-input suite (issue 5, items 2 and 3): real clients doing bad things over real
+//! The hostile-input suite: real clients doing bad things over real
 //! sockets to the real server, and destinations that fail. Every case asserts what the client
 //! gets back (an HTTP status, a WebSocket close code, an smux FIN, a closed socket, each within
-//! a generous bound), then that the server still serves a normal user ([`assert_still_serves`]),
-//! that nothing panicked, and that the server's open file descriptors come back to their
-//! baseline once the hostile connections are gone ([`finish`]).
+//! a generous bound), then that the server still serves a normal user
+//! (`testkit::server::assert_still_serves`), that nothing panicked, and that the server's open
+//! file descriptors come back to their baseline once the hostile connections are gone
+//! (`testkit::server::finish`). The cases' building blocks and bounds are in
+//! `testkit::hostile`, `testkit::sock` and `testkit::smux`.
 //!
 //! The slow cases (the 10 s head deadline, the controller's 30 s body deadline, the 10 s dial
-//! bound) run side by side in one test, so the file takes little more than those 30 s. Cases
-//! Not here: fuzzing (issue 5 item 1), operator limits (item 4) and shutdown (item 6).
-
-mod common;
+//! bound) run side by side in one test, so the file takes little more than those 30 s.
+//!
+//! Not here: fuzzing (`fuzz/`), the codecs' property tests (`properties.rs`), operator
+//! limits (`operations.rs`) and shutdown (`shutdown.rs`).
 
 use std::collections::BTreeSet;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
-use serde_json::{json, Value};
-use tungstenite::Message;
-
-/// Bound on anything the server can decide at once: an answer, a close, a FIN.
-const PROMPT: Duration = Duration::from_secs(5);
-/// A request head must be complete 10 s after accept (SPEC 3); a slow one is cut off in here.
-const HEAD_CUTOFF: (Duration, Duration) = (Duration::from_secs(8), Duration::from_secs(20));
-/// Dialing `dst` is bounded by 10 s (SPEC 4.4); a black-holed dial ends in here.
-const DIAL_CUTOFF: (Duration, Duration) = (Duration::from_secs(8), Duration::from_secs(20));
-/// The controller gives a body 30 s once its head is in; a slow one is cut off in here.
-const BODY_CUTOFF: (Duration, Duration) = (Duration::from_secs(25), Duration::from_secs(45));
-/// Open descriptors the server may hold above its baseline after a case (one socket the
-/// kernel or the runtime has not finished closing).
-const FD_SLACK: usize = 2;
-/// Growth of the server's RSS allowed while it holds bytes it cannot deliver.
-const RSS_SLACK_KIB: u64 = 64 * 1024;
-/// What a client tries to push at a destination that never reads (or a destination at a
-/// client that never reads).
-const PUSH: usize = 256 << 20;
-
-// ---------------------------------------------------------------------------------------------
-// The server's health: a normal user, panics, descriptors, memory.
-
-/// A normal user is still served: a controller ping answers, and a new user's plain tunnel
-/// echoes 100 KB and closes cleanly.
-fn assert_still_serves(server: &Server) {
-    let (status, reply) = server.post(r#"{"opt":9}"#);
-    assert_eq!(
-        (status, reply["res"].as_u64()),
-        (200, Some(1)),
-        "controller ping: {reply}"
-    );
-    let path = unique_path("still-serves");
-    server.add(&[(&path, echo_backend())]);
-    let mut ws = server.ws(&path, &["smux_off"]);
-    let payload = pattern(100_000, 42);
-    ws.send(Message::Binary(payload.clone().into())).unwrap();
-    let mut echoed = Vec::new();
-    while echoed.len() < payload.len() {
-        match ws.read().expect("tunnel echo") {
-            Message::Binary(b) => echoed.extend_from_slice(&b),
-            other => panic!("tunnel echo: unexpected {other:?}"),
-        }
-    }
-    assert!(echoed == payload, "tunnel echo corrupted");
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
-    server.del(&[&path]);
-}
-
-fn fd_count(server: &Server) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
-        .expect("the server's /proc/PID/fd")
-        .count()
-}
-
-/// What each of the server's descriptors is, for a failure message.
-fn fd_listing(server: &Server) -> String {
-    let mut out = Vec::new();
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", server.pid())) {
-        for entry in dir.flatten() {
-            let target = std::fs::read_link(entry.path())
-                .map(|t| t.display().to_string())
-                .unwrap_or_default();
-            out.push(format!("{}->{target}", entry.file_name().to_string_lossy()));
-        }
-    }
-    out.join(" ")
-}
-
-/// The server's descriptor count at rest, after one normal user has come and gone (so that
-/// anything created lazily on first use is counted in).
-fn fd_baseline(server: &Server) -> usize {
-    assert_still_serves(server);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut last = fd_count(server);
-    let mut same = 0;
-    while same < 4 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(25));
-        let now = fd_count(server);
-        same = if now == last { same + 1 } else { 0 };
-        last = now;
-    }
-    last
-}
-
-/// Waits (up to 8 s) for the server's descriptors to come back to `baseline`.
-fn assert_fds_settle(server: &Server, baseline: usize) {
-    assert_fds_settle_within(server, baseline, Duration::from_secs(8));
-}
-
-fn assert_fds_settle_within(server: &Server, baseline: usize, bound: Duration) {
-    let deadline = Instant::now() + bound;
-    loop {
-        let n = fd_count(server);
-        if n <= baseline + FD_SLACK {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "server holds {n} fds, baseline {baseline}: {}",
-                fd_listing(server)
-            );
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn assert_no_panic(server: &Server) {
-    let log = server.log.lock().unwrap();
-    assert!(!log.contains("panicked"), "the server panicked:\n{log}");
-}
-
-/// The end of every case: still serving, no panic, descriptors back to the baseline.
-fn finish(server: &Server, baseline: usize) {
-    assert_still_serves(server);
-    assert_fds_settle(server, baseline);
-    assert_no_panic(server);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Raw sockets.
-
-/// A plain TCP connection to `addr` with the suite's read timeout.
-fn raw(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned()
-}
-
-/// Whether a read error means "nothing yet" rather than "closed".
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-/// Reads until the peer closes (EOF, reset, or TLS ending without close_notify) and
-/// returns what came first. Panics if the connection is still open at the read timeout.
-fn read_to_close<S: Read>(s: &mut S) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 16384];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_timeout(&e) => panic!(
-                "connection still open at the read timeout; {} bytes came: {:?}",
-                got.len(),
-                lossy(&got)
-            ),
-            Err(_) => return got,
-        }
-    }
-}
-
-/// Asserts the server closes `s` within `bound`; returns what it sent before.
-fn expect_closed<S: Read>(s: &mut S, bound: Duration) -> Vec<u8> {
-    let start = Instant::now();
-    let got = read_to_close(s);
-    let took = start.elapsed();
-    assert!(took < bound, "closed only after {took:?}");
-    got
-}
-
-/// Closes with a reset (SO_LINGER 0), as a crashing peer does.
-fn reset(stream: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a descriptor we own, with a fully initialised linger struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
-    drop(stream);
-}
-
-/// Write timeout for pushing: short, so a blocked write returns quickly to be counted.
-const WRITE_POLL: Duration = Duration::from_millis(200);
-/// A push has stalled when less than [`STALL_BYTES`] got out in this long.
-const STALL_WINDOW: Duration = Duration::from_secs(1);
-const STALL_BYTES: usize = 1 << 20;
-
-/// Writes `chunk` over and over (it must be whole frames, so repeats are a valid stream)
-/// until `limit` bytes are out or the peer pushes back: a whole [`STALL_WINDOW`] in which
-/// less than [`STALL_BYTES`] got out. Sets the write timeout to [`WRITE_POLL`]. Returns the
-/// bytes written; a write that fails fails the test.
-fn push_until_blocked(s: &mut TcpStream, chunk: &[u8], limit: usize) -> usize {
-    match push(s, chunk, limit) {
-        (sent, None) => sent,
-        (sent, Some(e)) => panic!("write failed after {sent} bytes: {e}"),
-    }
-}
-
-/// [`push_until_blocked`], but a failed write (the server closed) also ends the push.
-fn push(s: &mut TcpStream, chunk: &[u8], limit: usize) -> (usize, Option<io::Error>) {
-    s.set_write_timeout(Some(WRITE_POLL)).unwrap();
-    let mut sent = 0;
-    let (mut window_start, mut window_sent) = (Instant::now(), 0);
-    while sent < limit {
-        let at = sent % chunk.len();
-        match s.write(&chunk[at..]) {
-            Ok(n) => sent += n,
-            Err(e) if is_timeout(&e) => {}
-            Err(e) => return (sent, Some(e)),
-        }
-        if window_start.elapsed() >= STALL_WINDOW {
-            if sent - window_sent < STALL_BYTES {
-                break;
-            }
-            (window_start, window_sent) = (Instant::now(), sent);
-        }
-    }
-    (sent, None)
-}
-
-/// Sends `bytes` one at a time (cycling), each followed by a read that waits for the socket's
-/// read timeout (which sets the pace), until the server closes the connection; returns how
-/// long after `start` that was, and what the server sent.
-fn trickle_until_closed<S: Read + Write>(
-    s: &mut S,
-    bytes: &[u8],
-    start: Instant,
-) -> (Duration, Vec<u8>) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut next = bytes.iter().cycle();
-    loop {
-        let byte = [*next.next().unwrap()];
-        if s.write_all(&byte).and_then(|_| s.flush()).is_err() {
-            return (start.elapsed(), got);
-        }
-        match s.read(&mut buf) {
-            Ok(0) => return (start.elapsed(), got),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return (start.elapsed(), got),
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "never closed; got {:?}",
-            lossy(&got)
-        );
-    }
-}
-
-/// Completes a TLS handshake now, with the suite's generous read timeout.
-fn handshake(conn: &mut Conn) {
-    if let Conn::Tls(tls) = conn {
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
-        }
-    }
-}
-
-fn within(took: Duration, (low, high): (Duration, Duration), what: &str) {
-    assert!(
-        took >= low && took < high,
-        "{what}: took {took:?}, expected {low:?}..{high:?}"
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// TLS.
-
-/// A real ClientHello, as rustls sends it.
-fn client_hello() -> Vec<u8> {
-    let mut client = tls_client();
-    let mut out = Vec::new();
-    while client.wants_write() {
-        client.write_tls(&mut out).unwrap();
-    }
-    assert_eq!(out[0], 0x16, "a handshake record");
-    out
-}
-
-/// Asserts `got` is nothing but TLS alert records (what a TLS server may say before it
-/// hangs up on garbage), and in particular no HTTP.
-fn assert_only_alerts(got: &[u8]) {
-    let mut rest = got;
-    while !rest.is_empty() {
-        assert!(
-            rest.len() >= 5 && rest[0] == 0x15,
-            "not a TLS alert: {:?}",
-            lossy(rest)
-        );
-        let len = u16::from_be_bytes([rest[3], rest[4]]) as usize;
-        rest = &rest[(5 + len).min(rest.len())..];
-    }
-}
-
-/// Sends `bytes` to the TLS port (then EOF when `eof`), and asserts the server hangs up
-/// promptly saying at most a TLS alert.
-fn assert_tls_refused(bytes: &[u8], eof: bool) {
-    let server = Server::tls();
-    let base = fd_baseline(&server);
-    let mut s = raw(server.data);
-    s.write_all(bytes).unwrap();
-    if eof {
-        s.shutdown(Shutdown::Write).unwrap();
-    }
-    assert_only_alerts(&expect_closed(&mut s, PROMPT));
-    finish(&server, base);
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP and upgrades.
-
-/// An upgrade request for `path`: what a WebSocket client sends, minus the headers named in
-/// `omit`, plus the `extra` header lines.
-fn upgrade(method: &str, path: &str, version: &str, omit: &[&str], extra: &str) -> String {
-    let standard = [
-        ("Host", "example.com"),
-        ("Connection", "Upgrade"),
-        ("Upgrade", "websocket"),
-        ("Sec-WebSocket-Version", "13"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-    ];
-    let mut out = format!("{method} {path} {version}\r\n");
-    for (name, value) in standard {
-        if !omit.contains(&name) {
-            out.push_str(&format!("{name}: {value}\r\n"));
-        }
-    }
-    out.push_str(extra);
-    out.push_str("\r\n");
-    out
-}
-
-/// Sends `request` on a fresh plain TCP connection to `addr`; returns the response and the
-/// connection.
-fn ask(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>, TcpStream) {
-    let mut s = raw(addr);
-    s.write_all(request).unwrap();
-    let (status, head, body) = read_response(&mut s);
-    (status, head, body, s)
-}
-
-/// Sends `request` and asserts the answer is `status` and that the server then closes.
-fn assert_status_then_close(addr: SocketAddr, request: &[u8], status: u16) -> String {
-    let (got, head, _, mut s) = ask(addr, request);
-    assert_eq!(got, status, "{:?} got {head}", lossy(request));
-    assert_eq!(header(&head, "connection").as_deref(), Some("close"));
-    expect_closed(&mut s, PROMPT);
-    head
-}
-
-/// A known path refuses the upgrade `request(path)` with `status`, sends no
-/// `Sec-WebSocket-Accept`, and never dials the user's destination.
-fn upgrade_refused(server: &Server, request: impl Fn(&str) -> String, status: u16) -> String {
-    let (dst, dialed) = capture_backend();
-    let path = unique_path("refused");
-    server.add(&[(&path, dst)]);
-    let mut conn = server.connect();
-    conn.write_all(request(&path).as_bytes()).unwrap();
-    let (got, head, _) = read_response(&mut conn);
-    assert_eq!(got, status, "{head}");
-    assert!(header(&head, "sec-websocket-accept").is_none(), "{head}");
-    // A dial would have happened before the answer (plain mode dials first).
-    assert_still_serves(server);
-    assert!(
-        dialed.try_recv().is_err(),
-        "dst was dialed for a refused upgrade"
-    );
-    head
-}
-
-/// Runs `cases` against one fresh server, then [`finish`]es it.
-fn with_server(tls: bool, cases: impl FnOnce(&Server)) {
-    let server = if tls { Server::tls() } else { Server::plain() };
-    let base = fd_baseline(&server);
-    cases(&server);
-    finish(&server, base);
-}
-
-// ---------------------------------------------------------------------------------------------
-// WebSocket tunnels.
-
-/// A plain tunnel to a backend that hands its side over: (client, dst side).
-fn tunnel(server: &Server) -> (Conn, TcpStream) {
-    let (dst, accepted) = capture_backend();
-    let path = unique_path("ws");
-    server.add(&[(&path, dst)]);
-    let mut conn = server.connect();
-    let (status, head) = raw_upgrade(&mut conn, &path, "");
-    assert_eq!(status, 101, "{head}");
-    let backend = accepted.recv_timeout(WAIT).expect("dst dialed");
-    backend.set_read_timeout(Some(WAIT)).unwrap();
-    (conn, backend)
-}
-
-/// Sends `frames` into a fresh tunnel and asserts the server answers with a close frame
-/// carrying `code`, closes the connection, and closes `dst` after delivering at least
-/// `at_least` and at most `at_most` (a prefix of it: where a frame's bytes were split decides
-/// how much of a bad text frame's valid start goes out).
-fn ws_violation(server: &Server, frames: &[u8], code: u16, at_least: &[u8], at_most: &[u8]) {
-    let (mut conn, mut backend) = tunnel(server);
-    conn.write_all(frames).unwrap();
-    let (data, got) = read_until_close(&mut conn);
-    assert_eq!(got, Some(code), "close code for {frames:02x?}");
-    assert!(data.is_empty());
-    expect_closed(&mut conn, PROMPT);
-    let delivered = expect_closed(&mut backend, PROMPT);
-    assert!(
-        delivered.starts_with(at_least) && at_most.starts_with(&delivered),
-        "dst got {delivered:?}, want {at_least:?}..{at_most:?}"
-    );
-}
-
-/// A frame header with a 64-bit length field, masked with `key`.
-fn long_header(opcode: u8, len: u64, key: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode, 0x80 | 127];
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&key);
-    out
-}
-
-fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
-    let mut out = code.to_be_bytes().to_vec();
-    out.extend_from_slice(reason);
-    out
-}
-
-// ---------------------------------------------------------------------------------------------
-// smux.
-
-const SYN: u8 = 0;
-const FIN: u8 = 1;
-const PSH: u8 = 2;
-const NOP: u8 = 3;
-
-/// An smux v1 frame with any header fields.
-fn smux_with(ver: u8, cmd: u8, len: u16, sid: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![ver, cmd];
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&sid.to_le_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-fn smux(cmd: u8, sid: u32, payload: &[u8]) -> Vec<u8> {
-    smux_with(1, cmd, payload.len() as u16, sid, payload)
-}
-
-/// Opens a mux session to `dst` (smux_on offered and echoed).
-fn mux_session(server: &Server, dst: SocketAddr) -> Conn {
-    let path = unique_path("mux");
-    server.add(&[(&path, dst)]);
-    let mut conn = server.connect();
-    let (status, head) = raw_upgrade(&mut conn, &path, "Sec-WebSocket-Protocol: smux_on\r\n");
-    assert_eq!(status, 101, "{head}");
-    assert_eq!(
-        header(&head, "sec-websocket-protocol").as_deref(),
-        Some("smux_on")
-    );
-    conn
-}
-
-/// Sends smux bytes in one masked binary frame.
-fn send_mux(conn: &mut Conn, bytes: &[u8]) {
-    conn.write_all(&masked_frame(true, 0x2, bytes)).unwrap();
-}
-
-/// What the server sent in a mux session.
-#[derive(Debug, PartialEq, Eq)]
-enum FromServer {
-    Smux { cmd: u8, sid: u32, payload: Vec<u8> },
-    Pong(Vec<u8>),
-    Close(Option<u16>),
-}
-
-fn fin(sid: u32) -> FromServer {
-    FromServer::Smux {
-        cmd: FIN,
-        sid,
-        payload: Vec::new(),
-    }
-}
-
-/// Reads smux frames out of the server's WebSocket byte stream (frame boundaries mean
-/// nothing), skipping NOPs.
-#[derive(Default)]
-struct MuxReader {
-    buf: Vec<u8>,
-}
-
-impl MuxReader {
-    fn next(&mut self, conn: &mut Conn) -> FromServer {
-        loop {
-            if self.buf.len() >= 8 {
-                let len = u16::from_le_bytes([self.buf[2], self.buf[3]]) as usize;
-                if self.buf.len() >= 8 + len {
-                    assert_eq!(self.buf[0], 1, "smux version of a server frame");
-                    let cmd = self.buf[1];
-                    let sid =
-                        u32::from_le_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
-                    let payload = self.buf[8..8 + len].to_vec();
-                    self.buf.drain(..8 + len);
-                    if cmd == NOP {
-                        continue;
-                    }
-                    return FromServer::Smux { cmd, sid, payload };
-                }
-            }
-            let (_, opcode, payload) = read_frame(conn).expect("a frame from the server");
-            match opcode {
-                0x0 | 0x2 => self.buf.extend_from_slice(&payload),
-                0xA => return FromServer::Pong(payload),
-                0x8 => {
-                    let code =
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                    return FromServer::Close(code);
-                }
-                other => panic!("unexpected opcode {other:#x} in a mux session"),
-            }
-        }
-    }
-
-    /// Pings the session and returns the frames that came before the pong: proof that the
-    /// session still reads and answers.
-    fn ping(&mut self, conn: &mut Conn) -> Vec<FromServer> {
-        conn.write_all(&masked_frame(true, 0x9, b"alive?")).unwrap();
-        let mut before = Vec::new();
-        loop {
-            match self.next(conn) {
-                FromServer::Pong(p) if p == b"alive?" => return before,
-                FromServer::Close(code) => panic!("session closed ({code:?}) instead of a pong"),
-                other => before.push(other),
-            }
-        }
-    }
-
-    /// Reads `n` bytes of stream `sid`; any other frame fails the test.
-    fn read_stream(&mut self, conn: &mut Conn, sid: u32, n: usize) -> Vec<u8> {
-        let mut data = Vec::new();
-        while data.len() < n {
-            match self.next(conn) {
-                FromServer::Smux {
-                    cmd: PSH,
-                    sid: s,
-                    payload,
-                } if s == sid => data.extend_from_slice(&payload),
-                other => panic!("expected data of stream {sid}, got {other:?}"),
-            }
-        }
-        data
-    }
-}
-
-/// Sends smux bytes that break the protocol and asserts the session ends with close 1002,
-/// the socket closes, and the open stream's `dst` is closed.
-fn smux_violation(server: &Server, bad: &[u8]) {
-    let (dst, accepted) = capture_backend();
-    let mut conn = mux_session(server, dst);
-    let mut rx = MuxReader::default();
-    send_mux(&mut conn, &smux(SYN, 1, b""));
-    let mut backend = accepted.recv_timeout(WAIT).expect("stream dialed");
-    backend.set_read_timeout(Some(WAIT)).unwrap();
-    send_mux(&mut conn, bad);
-    assert_eq!(rx.next(&mut conn), FromServer::Close(Some(1002)));
-    expect_closed(&mut conn, PROMPT);
-    expect_closed(&mut backend, PROMPT);
-}
-
-// ---------------------------------------------------------------------------------------------
-// The controller.
-
-/// Checks a controller reply's shape (JSON content type, exactly the three keys) and returns
-/// it parsed.
-fn json_reply(head: &str, body: &[u8]) -> Value {
-    assert_eq!(
-        header(head, "content-type").as_deref(),
-        Some("application/json"),
-        "{head}"
-    );
-    let reply: Value = serde_json::from_slice(body).expect("a JSON reply");
-    let object = reply.as_object().expect("an object");
-    assert_eq!(object.len(), 3, "{reply}");
-    assert!(object["res"].is_u64(), "{reply}");
-    assert!(object["err_string"].is_string(), "{reply}");
-    assert!(object["current_users"].is_u64(), "{reply}");
-    reply
-}
-
-/// Sends a raw request to the controller and reads one reply.
-fn ctl_raw(server: &Server, request: &[u8]) -> (u16, Value, TcpStream) {
-    let mut s = raw(server.controller);
-    s.write_all(request).unwrap();
-    let (status, head, body) = read_response(&mut s);
-    (status, json_reply(&head, &body), s)
-}
-
-/// POSTs `body` (any bytes) to the controller.
-fn ctl_post(server: &Server, body: &[u8]) -> (u16, Value) {
-    let mut request = format!(
-        "POST / HTTP/1.1\r\nHost: c\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    let (status, reply, _) = ctl_raw(server, &request);
-    (status, reply)
-}
-
-fn users(server: &Server) -> u64 {
-    let (status, reply) = ctl_post(server, br#"{"opt":9}"#);
-    assert_eq!((status, reply["res"].as_u64()), (200, Some(1)), "{reply}");
-    reply["current_users"].as_u64().unwrap()
-}
-
-/// Each body is refused with `status` and res 2, with a reason, and changes nothing.
-fn assert_bodies_refused(bodies: &[Vec<u8>], status: u16) {
-    let server = Server::plain();
-    let base = fd_baseline(&server);
-    server.add(&[("/keep", dead_addr())]);
-    for body in bodies {
-        let started = Instant::now();
-        let (got, reply) = ctl_post(&server, body);
-        assert_eq!(got, status, "{:?}: {reply}", lossy(body));
-        assert_eq!(reply["res"], 2, "{:?}", lossy(body));
-        assert_ne!(reply["err_string"], "", "{:?}", lossy(body));
-        assert_eq!(reply["current_users"], 1, "{:?}", lossy(body));
-        assert!(started.elapsed() < PROMPT, "{:?}", lossy(body));
-    }
-    assert_eq!(users(&server), 1);
-    finish(&server, base);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Backends.
-
-/// An echo backend that counts the connections it accepted.
-fn counting_echo() -> (SocketAddr, Arc<AtomicUsize>) {
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&count);
-    let addr = backend(move |mut stream| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        let mut buf = [0u8; 65536];
-        while let Ok(n) = stream.read(&mut buf) {
-            if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    });
-    (addr, count)
-}
-
-/// A loopback listener whose accept queue is full, so that a connect to it hangs (its SYNs
-/// are dropped): a black hole without leaving loopback.
-struct BlackHole {
-    addr: SocketAddr,
-    _listener: TcpListener,
-    _fillers: Vec<TcpStream>,
-}
-
-fn black_hole() -> BlackHole {
-    // SAFETY: plain socket calls on a descriptor owned by the TcpListener from the start;
-    // the sockaddr is fully initialised and its size passed exactly.
-    let listener = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let listener = TcpListener::from_raw_fd(fd);
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-            },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::bind(
-            fd,
-            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "bind");
-        assert_eq!(libc::listen(fd, 0), 0, "listen");
-        listener
-    };
-    let addr = listener.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
-            Ok(s) => {
-                fillers.push(s);
-                assert!(fillers.len() < 64, "the accept queue never filled");
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => break,
-            Err(e) => panic!("filling the accept queue: {e}"),
-        }
-    }
-    BlackHole {
-        addr,
-        _listener: listener,
-        _fillers: fillers,
-    }
-}
-
-/// A backend that writes as fast as it can until its writes stall, then hands the count and
-/// its connection to the test.
-fn flooding_backend() -> (SocketAddr, mpsc::Receiver<(usize, TcpStream)>) {
-    let (tx, rx) = mpsc::channel();
-    let tx = std::sync::Mutex::new(tx);
-    let addr = backend(move |mut stream| {
-        let chunk = pattern(64 * 1024, 3);
-        let written = push_until_blocked(&mut stream, &chunk, PUSH);
-        let _ = tx.lock().unwrap().send((written, stream));
-    });
-    (addr, rx)
-}
+use serde_json::json;
+use testkit::backend::{counting_echo, flooding_backend};
+use testkit::hostile::*;
+use testkit::http::json_reply;
+use testkit::prelude::*;
+use testkit::server::{
+    assert_fds_settle_within, assert_still_serves, fd_baseline, finish, with_server,
+};
+use testkit::smux::{fin, smux, smux_with, FromServer, MuxReader, FIN, NOP, PSH, SYN};
+use testkit::sock::*;
+use testkit::tls::client_hello;
+use testkit::ws::{close_payload, long_header, upgrade_request};
 
 // =============================================================================================
 // TLS port.
@@ -823,9 +108,9 @@ fn tls_port_hangs_up_on_bad_records_after_the_handshake() {
             let mut conn = server.connect();
             // Half a request head first, so the server is reading records.
             conn.write_all(b"GET /x HTTP/1.1\r\n").unwrap();
-            handshake(&mut conn);
+            conn.handshake().expect("TLS handshake");
             conn.flush().unwrap();
-            let Conn::Tls(tls) = conn else {
+            let Transport::Tls(tls) = conn else {
                 unreachable!("TLS server")
             };
             let mut tls = *tls;
@@ -952,7 +237,7 @@ fn path_over_16_kib_gets_431() {
     // Even as a known user's path with a valid upgrade around it.
     let long = format!("/{}", "q".repeat(17 * 1024));
     server.add(&[(&long, echo_backend())]);
-    let request = upgrade("GET", &long, "HTTP/1.1", &[], "");
+    let request = upgrade_request("GET", &long, "HTTP/1.1", &[], "");
     assert_status_then_close(server.data, request.as_bytes(), 431);
     finish(&server, base);
 }
@@ -1058,7 +343,7 @@ fn pipelined_requests_before_an_upgrade_are_answered_in_order() {
         let mut s = raw(server.data);
         let mut burst = b"GET /nobody HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
         burst.extend(b"HEAD /nobody HTTP/1.1\r\nHost: x\r\n\r\n");
-        burst.extend(upgrade("GET", &path, "HTTP/1.1", &[], "").as_bytes());
+        burst.extend(upgrade_request("GET", &path, "HTTP/1.1", &[], "").as_bytes());
         burst.extend(masked_frame(true, 0x2, b"in the same packet"));
         s.write_all(&burst).unwrap();
         assert_eq!(read_response(&mut s).0, 404);
@@ -1104,10 +389,11 @@ fn many_half_sent_heads_do_not_disturb_other_users() {
 #[test]
 fn upgrade_without_key_gets_400() {
     with_server(false, |server| {
-        let request = |p: &str| upgrade("GET", p, "HTTP/1.1", &["Sec-WebSocket-Key"], "");
+        let request = |p: &str| upgrade_request("GET", p, "HTTP/1.1", &["Sec-WebSocket-Key"], "");
         upgrade_refused(server, request, 400);
         let empty = "Sec-WebSocket-Key: \r\n";
-        let request = |p: &str| upgrade("GET", p, "HTTP/1.1", &["Sec-WebSocket-Key"], empty);
+        let request =
+            |p: &str| upgrade_request("GET", p, "HTTP/1.1", &["Sec-WebSocket-Key"], empty);
         upgrade_refused(server, request, 400);
     });
 }
@@ -1116,13 +402,15 @@ fn upgrade_without_key_gets_400() {
 fn upgrade_with_wrong_or_missing_version_gets_426() {
     with_server(false, |server| {
         let eight = "Sec-WebSocket-Version: 8\r\n";
-        let request = |p: &str| upgrade("GET", p, "HTTP/1.1", &["Sec-WebSocket-Version"], eight);
+        let request =
+            |p: &str| upgrade_request("GET", p, "HTTP/1.1", &["Sec-WebSocket-Version"], eight);
         let head = upgrade_refused(server, request, 426);
         assert_eq!(
             header(&head, "sec-websocket-version").as_deref(),
             Some("13")
         );
-        let request = |p: &str| upgrade("GET", p, "HTTP/1.1", &["Sec-WebSocket-Version"], "");
+        let request =
+            |p: &str| upgrade_request("GET", p, "HTTP/1.1", &["Sec-WebSocket-Version"], "");
         upgrade_refused(server, request, 426);
     });
 }
@@ -1130,7 +418,8 @@ fn upgrade_with_wrong_or_missing_version_gets_426() {
 #[test]
 fn upgrade_by_post_gets_405() {
     with_server(false, |server| {
-        let request = |p: &str| upgrade("POST", p, "HTTP/1.1", &[], "Content-Length: 0\r\n");
+        let request =
+            |p: &str| upgrade_request("POST", p, "HTTP/1.1", &[], "Content-Length: 0\r\n");
         let head = upgrade_refused(server, request, 405);
         assert_eq!(header(&head, "allow").as_deref(), Some("GET"));
     });
@@ -1139,19 +428,24 @@ fn upgrade_by_post_gets_405() {
 #[test]
 fn upgrade_over_http_1_0_gets_400() {
     with_server(true, |server| {
-        upgrade_refused(server, |p| upgrade("GET", p, "HTTP/1.0", &[], ""), 400);
+        upgrade_refused(
+            server,
+            |p| upgrade_request("GET", p, "HTTP/1.0", &[], ""),
+            400,
+        );
     });
 }
 
 #[test]
 fn upgrade_without_upgrade_headers_gets_426() {
     with_server(false, |server| {
-        let request = |p: &str| upgrade("GET", p, "HTTP/1.1", &["Upgrade"], "");
+        let request = |p: &str| upgrade_request("GET", p, "HTTP/1.1", &["Upgrade"], "");
         upgrade_refused(server, request, 426);
-        let request = |p: &str| upgrade("GET", p, "HTTP/1.1", &["Upgrade"], "Upgrade: h2c\r\n");
+        let request =
+            |p: &str| upgrade_request("GET", p, "HTTP/1.1", &["Upgrade"], "Upgrade: h2c\r\n");
         upgrade_refused(server, request, 426);
         let keep = "Connection: keep-alive\r\n";
-        let request = |p: &str| upgrade("GET", p, "HTTP/1.1", &["Connection"], keep);
+        let request = |p: &str| upgrade_request("GET", p, "HTTP/1.1", &["Connection"], keep);
         upgrade_refused(server, request, 426);
     });
 }
@@ -1160,10 +454,10 @@ fn upgrade_without_upgrade_headers_gets_426() {
 fn upgrade_with_a_body_gets_400() {
     with_server(false, |server| {
         let length = "Content-Length: 5\r\n";
-        let request = |p: &str| upgrade("GET", p, "HTTP/1.1", &[], length) + "hello";
+        let request = |p: &str| upgrade_request("GET", p, "HTTP/1.1", &[], length) + "hello";
         upgrade_refused(server, request, 400);
         let chunked = "Transfer-Encoding: chunked\r\n";
-        let request = |p: &str| upgrade("GET", p, "HTTP/1.1", &[], chunked) + "0\r\n\r\n";
+        let request = |p: &str| upgrade_request("GET", p, "HTTP/1.1", &[], chunked) + "0\r\n\r\n";
         upgrade_refused(server, request, 400);
     });
 }
@@ -1185,7 +479,7 @@ fn upgrade_to_unknown_or_undecodable_paths_gets_404() {
     ] {
         let (status, head, _, _) = ask(
             server.data,
-            upgrade("GET", path, "HTTP/1.1", &[], "").as_bytes(),
+            upgrade_request("GET", path, "HTTP/1.1", &[], "").as_bytes(),
         );
         assert_eq!(status, 404, "{path}: want a web server's 404");
         assert!(header(&head, "sec-websocket-accept").is_none());
@@ -1334,7 +628,7 @@ fn truncated_frame_then_eof_closes_both_sides() {
     let frame = masked_frame(true, 0x2, &pattern(1000, 8));
     conn.write_all(&frame[..4 + 4 + 10]).unwrap();
     conn.flush().unwrap();
-    if let Conn::Tls(tls) = &mut conn {
+    if let Transport::Tls(tls) = &mut conn {
         tls.conn.send_close_notify();
         tls.conn.write_tls(&mut tls.sock).unwrap();
         tls.sock.shutdown(Shutdown::Write).unwrap();
@@ -1354,7 +648,7 @@ fn huge_legal_length_is_streamed_not_buffered() {
     let server = Server::plain();
     let base = fd_baseline(&server);
     let (mut conn, mut backend) = tunnel(&server);
-    let rss_before = rss_kib(&server);
+    let rss_before = server.rss_kib();
     // A frame announcing 2^62 bytes, of which 4 MiB come before the client goes away.
     let data = pattern(4 << 20, 9);
     let mut masked = data.clone();
@@ -1371,7 +665,7 @@ fn huge_legal_length_is_streamed_not_buffered() {
     let (got, mut backend) = reader.join().unwrap();
     assert!(got == data, "payload of a huge frame corrupted");
     assert!(
-        rss_kib(&server) < rss_before + RSS_SLACK_KIB,
+        server.rss_kib() < rss_before + RSS_SLACK_KIB,
         "RSS grew with a huge announced length"
     );
     conn.tcp().shutdown(Shutdown::Write).unwrap();
@@ -1385,7 +679,7 @@ fn ping_flood_is_answered_pong_for_pong() {
     let server = Server::plain();
     let base = fd_baseline(&server);
     let (conn, _backend) = tunnel(&server);
-    let Conn::Plain(mut conn) = conn else {
+    let Transport::Tcp(mut conn) = conn else {
         unreachable!("plain server")
     };
     const PINGS: usize = 20_000;
@@ -1739,7 +1033,7 @@ fn dropping_a_mux_session_closes_all_its_streams() {
             b
         })
         .collect();
-    let Conn::Tls(tls) = conn else {
+    let Transport::Tls(tls) = conn else {
         unreachable!("TLS server")
     };
     let tls = *tls;
@@ -1800,7 +1094,7 @@ fn controller_wrong_types_get_400() {
 
 #[test]
 fn controller_entry_given_as_an_array_gets_400() {
-    // SPEC 5: fields of the wrong JSON type are a 400. An args_bunch entry must be an
+    // The controller's contract: fields of the wrong JSON type are a 400. An args_bunch entry must be an
     // object; serde's derived struct visitor also takes a sequence, field by field.
     let bodies: Vec<Vec<u8>> = [
         r#"{"opt":1,"args_bunch":[["/a","h:1"]]}"#,
@@ -2183,7 +1477,7 @@ fn all_deadlines_cut_off_slow_clients_and_black_holed_dials() {
         let head_tls = scope.spawn(|| {
             let start = Instant::now();
             let mut conn = tls.connect();
-            handshake(&mut conn);
+            conn.handshake().expect("TLS handshake");
             conn.tcp().set_read_timeout(Some(every)).unwrap();
             trickle_until_closed(&mut conn, head, start)
         });
@@ -2206,7 +1500,7 @@ fn all_deadlines_cut_off_slow_clients_and_black_holed_dials() {
                 .unwrap();
             trickle_until_closed(&mut s, b"{\"opt\":9,\"x\":\"", start)
         });
-        // A user whose dst black-holes its SYNs, in plain mode: SPEC 4.1 allows a 502 before
+        // A user whose dst black-holes its SYNs, in plain mode: the contract allows a 502 before
         // the 101, or a 101 and then close 1011.
         let dial_plain = scope.spawn(|| {
             let path = unique_path("hole");
@@ -2378,14 +1672,14 @@ fn dst_that_never_reads_pushes_back_on_a_plain_client() {
     let server = Server::plain();
     let base = fd_baseline(&server);
     let (conn, mut backend) = tunnel(&server);
-    let Conn::Plain(mut conn) = conn else {
+    let Transport::Tcp(mut conn) = conn else {
         unreachable!("plain server")
     };
     let payload = pattern(1 << 20, 7);
     let chunk = masked_frame(true, 0x2, &payload);
-    let rss_before = rss_kib(&server);
+    let rss_before = server.rss_kib();
     let sent = push_until_blocked(&mut conn, &chunk, PUSH);
-    let rss_after = rss_kib(&server);
+    let rss_after = server.rss_kib();
     assert!(
         sent < PUSH,
         "the client pushed all {PUSH} bytes at a dst that reads nothing"
@@ -2432,7 +1726,7 @@ fn dst_that_never_reads_pushes_back_on_a_mux_client() {
     let base = fd_baseline(&server);
     let (dst, accepted) = capture_backend();
     let conn = mux_session(&server, dst);
-    let Conn::Plain(mut conn) = conn else {
+    let Transport::Tcp(mut conn) = conn else {
         unreachable!("plain server")
     };
     conn.write_all(&masked_frame(true, 0x2, &smux(SYN, 1, b"")))
@@ -2443,9 +1737,9 @@ fn dst_that_never_reads_pushes_back_on_a_mux_client() {
         .flat_map(|i| smux(PSH, 1, &pattern(65535, i)))
         .collect();
     let chunk = masked_frame(true, 0x2, &psh);
-    let rss_before = rss_kib(&server);
+    let rss_before = server.rss_kib();
     let sent = push_until_blocked(&mut conn, &chunk, PUSH);
-    let rss_after = rss_kib(&server);
+    let rss_after = server.rss_kib();
     assert!(
         sent < PUSH,
         "the client pushed all {PUSH} bytes at a dst that reads nothing"
@@ -2466,15 +1760,15 @@ fn dst_that_never_reads_pushes_back_on_a_mux_client() {
 fn client_that_never_reads_pushes_back_on_a_flooding_dst() {
     let server = Server::plain();
     let base = fd_baseline(&server);
-    let (dst, flooded) = flooding_backend();
+    let (dst, flooded) = flooding_backend(PUSH);
     let path = unique_path("flood");
     server.add(&[(&path, dst)]);
-    let rss_before = rss_kib(&server);
+    let rss_before = server.rss_kib();
     // Plain mode.
     let mut conn = server.connect();
     assert_eq!(raw_upgrade(&mut conn, &path, "").0, 101);
     let (written, plain_dst) = flooded.recv_timeout(WAIT * 3).expect("the flood blocked");
-    let rss_after = rss_kib(&server);
+    let rss_after = server.rss_kib();
     assert!(
         written < PUSH,
         "dst wrote all {PUSH} bytes to a client that reads nothing"
@@ -2487,7 +1781,7 @@ fn client_that_never_reads_pushes_back_on_a_flooding_dst() {
     let mut mux = mux_session(&server, dst);
     send_mux(&mut mux, &smux(SYN, 1, b""));
     let (written, mux_dst) = flooded.recv_timeout(WAIT * 3).expect("the flood blocked");
-    let rss_after = rss_kib(&server);
+    let rss_after = server.rss_kib();
     assert!(
         written < PUSH,
         "dst wrote all {PUSH} bytes to a mux client that reads nothing"
@@ -2498,12 +1792,12 @@ fn client_that_never_reads_pushes_back_on_a_flooding_dst() {
     );
     // The clients vanish: both destinations are closed.
     reset(match conn {
-        Conn::Plain(s) => s,
-        Conn::Tls(_) => unreachable!("plain server"),
+        Transport::Tcp(s) => s,
+        Transport::Tls(_) => unreachable!("plain server"),
     });
     reset(match mux {
-        Conn::Plain(s) => s,
-        Conn::Tls(_) => unreachable!("plain server"),
+        Transport::Tcp(s) => s,
+        Transport::Tls(_) => unreachable!("plain server"),
     });
     for mut dst in [plain_dst, mux_dst] {
         dst.set_read_timeout(Some(WAIT)).unwrap();
@@ -2519,7 +1813,7 @@ fn stuck_tunnels_to_a_dst_that_never_reads_are_freed_by_the_idle_timeout() {
     // A plain tunnel stuck writing to dst, then its client vanishes: only -timeout can
     // notice, since no byte moves either way.
     let (conn, _held) = tunnel(&server);
-    let Conn::Plain(mut conn) = conn else {
+    let Transport::Tcp(mut conn) = conn else {
         unreachable!("plain server")
     };
     // The idle timeout may end it while the push still waits to see it stall.
@@ -2534,14 +1828,14 @@ fn stuck_tunnels_to_a_dst_that_never_reads_are_freed_by_the_idle_timeout() {
     let mut stream_dst = accepted.recv_timeout(WAIT).expect("stream dialed");
     stream_dst.set_read_timeout(Some(WAIT)).unwrap();
     let psh = masked_frame(true, 0x2, &smux(PSH, 1, &[2; 65535]));
-    let Conn::Plain(tcp) = &mut mux else {
+    let Transport::Tcp(tcp) = &mut mux else {
         unreachable!("plain server")
     };
     push(tcp, &psh, 64 << 20);
     let mut rx = MuxReader::default();
     assert_eq!(rx.next(&mut mux), fin(1));
     read_to_close(&mut stream_dst);
-    let Conn::Plain(tcp) = mux else {
+    let Transport::Tcp(tcp) = mux else {
         unreachable!("plain server")
     };
     reset(tcp);
