@@ -3,20 +3,17 @@
 use super::*;
 use std::io::{Cursor, Read, Write};
 
-/// xorshift64* PRNG, so property tests need no extra crate and replay
-/// deterministically from their seed.
-struct Rng(u64);
+/// The kit's seeded generator (`testkit::rng`), with the shapes these tests draw, so a
+/// property test replays from its seed.
+struct Rng(testkit::rng::Rng);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        Rng(testkit::rng::Rng::new(seed))
     }
 
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
 
     /// Uniform-ish in `0..n` (`n > 0`).
