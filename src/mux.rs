@@ -82,8 +82,11 @@ pub const FIN_HOLD: Duration = Duration::from_secs(1);
 pub enum SessionEnd {
     /// The client sent a WebSocket close frame.
     ClientClosed,
-    /// The client's connection ended or failed.
+    /// The client's connection ended cleanly (without a close frame).
     ClientGone,
+    /// The client's connection broke (see [`ReadEnd::Aborted`]): every stream's `dst`
+    /// is reset.
+    ClientAborted,
     /// The client broke RFC 6455.
     ClientWebSocket(ws::ProtocolError),
     /// The client broke smux (bad version or command).
@@ -167,6 +170,9 @@ struct Session<W> {
     ended: Cell<bool>,
     /// The session's grace for frames in flight is over too: stream tasks return at once.
     aborted: Cell<bool>,
+    /// The client's connection broke: streams that end with the session reset their
+    /// `dst` instead of closing it cleanly.
+    reset: Cell<bool>,
     /// The keepalive task is writing a NOP (which must not be cut short either).
     nop_sending: Cell<bool>,
     /// The session task while it waits for room in a stream's queue.
@@ -242,6 +248,7 @@ where
         refused: RefCell::new(HashMap::new()),
         ended: Cell::new(false),
         aborted: Cell::new(false),
+        reset: Cell::new(false),
         nop_sending: Cell::new(false),
         reader: RefCell::new(None),
         stalled: Cell::new(false),
@@ -282,6 +289,7 @@ where
     // Stream tasks stop; those writing a frame finish it first. Then the close frame, if
     // any, and the shutdown: all within CLOSE_GRACE, as a client that does not read could
     // otherwise hold the session forever.
+    session.reset.set(end == SessionEnd::ClientAborted);
     session.ended.set(true);
     session.wake_tasks();
     let closing = async {
@@ -290,7 +298,7 @@ where
             SessionEnd::ClientSmux(_) => Some((close_code::PROTOCOL_ERROR, "smux")),
             SessionEnd::KeepaliveTimeout => Some((close_code::GOING_AWAY, "keepalive timeout")),
             SessionEnd::Kicked => Some((close_code::POLICY, "")),
-            SessionEnd::ClientClosed | SessionEnd::ClientGone => None,
+            SessionEnd::ClientClosed | SessionEnd::ClientGone | SessionEnd::ClientAborted => None,
         };
         if let Some((code, reason)) = close {
             let _ = session.writer.send_close(code, reason).await;
@@ -338,6 +346,7 @@ where
                 return SessionEnd::ClientClosed;
             }
             Err(ReadEnd::Gone) => return SessionEnd::ClientGone,
+            Err(ReadEnd::Aborted) => return SessionEnd::ClientAborted,
             Err(ReadEnd::Protocol(e)) => return SessionEnd::ClientWebSocket(e),
         };
         let mut at = range.start;
@@ -505,6 +514,8 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
         }
     };
     stream.activity.set(Instant::now());
+    // Valid while either half lives (to the end of this function).
+    let dst_fd = std::os::fd::AsRawFd::as_raw_fd(&dst);
     let (mut dst_read, dst_write) = crate::stream::split(dst);
     let end = {
         let mut up = pin!(upload(stream, session, dst_write));
@@ -554,6 +565,9 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
         })
         .await
     };
+    if matches!(end, StreamEnd::Session) && session.reset.get() {
+        tunnel::reset_on_close(dst_fd);
+    }
     if matches!(end, StreamEnd::ClientFin) {
         // dst has our FIN behind the client's bytes: close only once it has closed too
         // (or LINGER passed), so that the close does not reset the connection.

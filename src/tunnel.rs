@@ -13,6 +13,7 @@ use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -76,8 +77,10 @@ async fn dial_unbounded(dst: &str) -> io::Result<TcpStream> {
 pub enum TunnelEnd {
     /// The client sent a close frame.
     ClientClosed,
-    /// The client's connection ended without a close frame.
+    /// The client's connection ended cleanly without a close frame.
     ClientGone,
+    /// The client's connection broke (see [`ReadEnd::Aborted`]): `dst` was reset.
+    ClientAborted,
     /// The client broke the protocol; we sent this close code.
     ClientProtocol(ws::ProtocolError),
     /// `dst` closed its side; we sent a close frame.
@@ -104,6 +107,8 @@ where
     W: AsyncWriteRent,
 {
     let (writer, ticket) = (&writer, &ticket);
+    // Valid while either half lives: both are dropped at the end of the block below.
+    let dst_fd = dst.as_raw_fd();
     let (dst_read, dst_write) = stream::split(dst);
     // The worker's sweeper watches this for `-timeout`: no timer per tunnel.
     let activity = ticket.activity();
@@ -150,6 +155,7 @@ where
                     let _ = Box::pin(monoio::time::timeout(CLOSE_WAIT, down)).await;
                 }
             }
+            TunnelEnd::ClientAborted => reset_on_close(dst_fd),
             TunnelEnd::BackendError => {}
         }
         end
@@ -250,6 +256,8 @@ where
                     let _ = dst.shutdown().await;
                     return TunnelEnd::ClientGone;
                 }
+                // No FIN to dst: the caller resets it.
+                Err(ReadEnd::Aborted) => return TunnelEnd::ClientAborted,
             }
         }
     }
@@ -318,6 +326,27 @@ where
         } else if n < INITIAL_BUFFER / 2 && size > INITIAL_BUFFER {
             size = INITIAL_BUFFER;
         }
+    }
+}
+
+/// Makes closing `fd` (a connection to `dst`) reset it instead of ending it cleanly:
+/// SO_LINGER with a zero timeout. For when the client's side broke (a TLS truncation, a
+/// forged record, a fatal alert): a backend must not take a cut stream for a whole one.
+pub fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket the caller keeps open, with a value of the size
+    // given. A failure leaves a plain close, which is all we could do anyway.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
