@@ -821,7 +821,17 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
         let mut written = 0;
         let mut pos = 0;
         while let Some(len) = complete_record(&self.stash[pos..]) {
-            match self.layer.receive(&mut self.stash[pos..pos + len])? {
+            let opened = match self.layer.receive(&mut self.stash[pos..pos + len]) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    self.stash.zeroize();
+                    self.stash = Vec::new();
+                    // The records before the faulty one were whole and authentic: they
+                    // are delivered, and the error comes with the next read.
+                    return if written > 0 { Ok(written) } else { Err(e) };
+                }
+            };
+            match opened {
                 Opened::Data(range) => {
                     let content = &self.stash[pos + range.start..pos + range.end];
                     let n = (out.len() - written).min(content.len());
@@ -851,9 +861,6 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
     }
 
     async fn read_inner<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        if let Some(e) = self.layer.error() {
-            return (Err(e), buf);
-        }
         let total = buf.bytes_total();
         if total == 0 {
             return (Ok(0), buf);
@@ -864,6 +871,10 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
             if let Some(n) = self.deliver_pending(out) {
                 unsafe { buf.set_init(n) };
                 return (Ok(n), buf);
+            }
+            // After a failure, the plaintext opened before it (above), then its error.
+            if let Some(e) = self.layer.error() {
+                return (Err(e), buf);
             }
             if !self.stash.is_empty() {
                 match self.open_stash(out) {
@@ -936,7 +947,12 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
         let mut written = 0;
         let mut pos = 0;
         while let Some(len) = complete_record(&data[pos..]) {
-            match self.layer.receive(&mut data[pos..pos + len])? {
+            let opened = match self.layer.receive(&mut data[pos..pos + len]) {
+                Ok(opened) => opened,
+                // As in `open_stash`: what came before is delivered, the error follows.
+                Err(e) => return if written > 0 { Ok(written) } else { Err(e) },
+            };
+            match opened {
                 Opened::Data(range) => {
                     data.copy_within(pos + range.start..pos + range.end, written);
                     written += range.len();
@@ -954,7 +970,8 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
             if data.len() - pos >= HEADER
                 && u16::from_be_bytes([data[pos + 3], data[pos + 4]]) as usize > MAX_CIPHERTEXT
             {
-                return Err(self.layer.fail(Fault::overflow()));
+                let e = self.layer.fail(Fault::overflow());
+                return if written > 0 { Ok(written) } else { Err(e) };
             }
             self.stash.extend_from_slice(&data[pos..]);
         }
