@@ -1042,3 +1042,66 @@ fn rustls_as_the_peer_agrees_on_every_key_update() {
         assert_eq!(echoed, 4096 * 1024, "{suite:?}");
     }
 }
+
+/// OpenSSL (Python's `ssl`) as the peer: it must follow the KeyUpdates we send while
+/// thousands of records go each way, and take our close_notify at its orderly shutdown.
+#[test]
+fn openssl_as_the_peer_follows_our_key_updates() {
+    let server = Server::start(&[]);
+    let path = unique_path("openssl");
+    server.add(&path, echo_dst());
+    let script = r#"
+import socket, ssl, sys
+port, path, rounds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+s.settimeout(20)
+s.sendall((f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Protocol: smux_off\r\n\r\n").encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    buf += s.recv(65536)
+head, buf = buf.split(b"\r\n\r\n", 1)
+assert head.startswith(b"HTTP/1.1 101"), head
+def frames(buf):
+    out = []
+    while len(buf) >= 2:
+        n, at = buf[1] & 0x7f, 2
+        if n == 126:
+            if len(buf) < 4: break
+            n, at = int.from_bytes(buf[2:4], "big"), 4
+        if len(buf) < at + n: break
+        out.append(buf[at:at + n]); buf = buf[at + n:]
+    return out, buf
+for i in range(rounds):
+    message = b"%08d" % i * 64
+    # Masked with a zero key: the payload goes as it is.
+    s.sendall(bytes([0x82, 0x80 | 126]) + len(message).to_bytes(2, "big") + b"\0\0\0\0" + message)
+    got = b""
+    while len(got) < len(message):
+        payloads, buf = frames(buf)
+        got += b"".join(payloads)
+        if len(got) < len(message):
+            chunk = s.recv(65536)
+            assert chunk, "the tunnel ended"
+            buf += chunk
+    assert got == message, (i, got[:20])
+s.unwrap()
+print("ok")
+"#;
+    let rounds = 2 * KEY_UPDATE_AFTER.min(4096) + 100;
+    let output = Command::new("python3")
+        .args(["-c", script, &server.data.port().to_string(), &path])
+        .arg(rounds.to_string())
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success() && output.stdout.starts_with(b"ok"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
