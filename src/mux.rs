@@ -514,9 +514,8 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
         }
     };
     stream.activity.set(Instant::now());
-    // Valid while either half lives (to the end of this function).
-    let dst_fd = std::os::fd::AsRawFd::as_raw_fd(&dst);
-    let (mut dst_read, dst_write) = crate::stream::split(dst);
+    // The descriptor is valid while either half lives (to the end of this function).
+    let (dst_fd, mut dst_read, dst_write) = tunnel::split_dst(dst);
     let end = {
         let mut up = pin!(upload(stream, session, dst_write));
         let mut down = pin!(download(stream, session, &mut dst_read));

@@ -27,7 +27,7 @@ use crate::client::{
     ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM, INITIAL_BUFFER, MAX_BUFFER,
 };
 use crate::stats::{Closing, Ticket};
-use crate::stream::{self, Readiness};
+use crate::stream::{self, ReadHalf, Readiness, WriteHalf};
 use crate::task::Budget;
 use crate::ws::{self, close_code, OpCode};
 
@@ -107,9 +107,8 @@ where
     W: AsyncWriteRent,
 {
     let (writer, ticket) = (&writer, &ticket);
-    // Valid while either half lives: both are dropped at the end of the block below.
-    let dst_fd = dst.as_raw_fd();
-    let (dst_read, dst_write) = stream::split(dst);
+    // The descriptor is valid while either half lives: both end with the block below.
+    let (dst_fd, dst_read, dst_write) = split_dst(dst);
     // The worker's sweeper watches this for `-timeout`: no timer per tunnel.
     let activity = ticket.activity();
     activity.set(Instant::now());
@@ -327,6 +326,15 @@ where
             size = INITIAL_BUFFER;
         }
     }
+}
+
+/// Splits a connection to `dst`, and gives its descriptor for [`reset_on_close`]. (In one
+/// call: borrowing the stream for its descriptor in an async body makes the future keep a
+/// second copy of the stream for the whole tunnel.)
+pub fn split_dst(dst: TcpStream) -> (RawFd, ReadHalf<TcpStream>, WriteHalf<TcpStream>) {
+    let fd = dst.as_raw_fd();
+    let (read, write) = stream::split(dst);
+    (fd, read, write)
 }
 
 /// Makes closing `fd` (a connection to `dst`) reset it instead of ending it cleanly:

@@ -1105,3 +1105,48 @@ print("ok")
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// TLS 1.2 goes through rustls' own stream, and keeps the same rule: a FIN without
+/// close_notify resets `dst`, close_notify ends it cleanly.
+#[test]
+fn tls_12_truncation_resets_dst_and_close_notify_ends_it_cleanly() {
+    let server = Server::start(&[]);
+    let dst = Dst::new();
+    let path = unique_path("tls12");
+    server.add(&path, dst.addr());
+    for orderly in [false, true] {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(server.data).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(&upgrade_request(&path, "smux_off")).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        assert_eq!(
+            tls.conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        let mut backend = dst.accept();
+        tls.write_all(&masked_frame(0x2, b"twelve")).unwrap();
+        if orderly {
+            tls.conn.send_close_notify();
+            tls.flush().unwrap();
+        }
+        tls.sock.shutdown(Shutdown::Write).unwrap();
+        let want = if orderly { DstEnd::Fin } else { DstEnd::Reset };
+        assert_eq!(dst_end(&mut backend), (b"twelve".to_vec(), want));
+    }
+}
