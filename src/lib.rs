@@ -53,4 +53,11 @@ pub(crate) mod worker;
 // controller's command parsing and route table (which benches drive directly).
 #[cfg(feature = "runtime")]
 pub use control::{controller, routes};
+
+/// What tests that speak TLS at the record level need of our record layer: the alert
+/// codes it sends and its limits (which debug builds lower so tests can reach them).
+#[cfg(feature = "runtime")]
+pub mod tls_record {
+    pub use crate::net::tls_stream::{alert, KEY_UPDATE_AFTER, MAX_RECORDS_WITHOUT_DATA};
+}
 pub use proto::{http, proxy_protocol, smux, ws};

@@ -1,11 +1,15 @@
 //! Connecting to a user's destination (or the fallback site): `IP:PORT` or `HOST:PORT`,
-//! names resolved off the worker thread, within a bound, with Nagle off.
+//! names resolved off the worker thread, within a bound, with Nagle off; and ending such a
+//! connection with a reset when the client's side broke.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use monoio::net::TcpStream;
+
+use crate::net::transport::{self, ReadHalf, WriteHalf};
 
 /// Bound on dialing a destination, name resolution included.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,4 +44,34 @@ async fn dial_unbounded(dst: &str) -> io::Result<TcpStream> {
         }
     }
     Err(last)
+}
+
+/// Splits a connection to `dst`, and gives its descriptor for [`reset_on_close`]. (In one
+/// call: borrowing the stream for its descriptor in an async body makes the future keep a
+/// second copy of the stream for the whole tunnel.)
+pub fn split_dst(dst: TcpStream) -> (RawFd, ReadHalf<TcpStream>, WriteHalf<TcpStream>) {
+    let fd = dst.as_raw_fd();
+    let (read, write) = transport::split(dst);
+    (fd, read, write)
+}
+
+/// Makes closing `fd` (a connection to `dst`) reset it instead of ending it cleanly:
+/// SO_LINGER with a zero timeout. For when the client's side broke (a TLS truncation, a
+/// forged record, a fatal alert): a backend must not take a cut stream for a whole one.
+pub fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket the caller keeps open, with a value of the size
+    // given. A failure leaves a plain close, which is all we could do anyway.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }

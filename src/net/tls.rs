@@ -143,7 +143,9 @@ fn build(
     // Two tickets (rustls' default is 2 too) let a client resume twice in parallel.
     config.send_tls13_tickets = 2;
     // TLS 1.3 records are sealed and opened by our own record layer (tls_stream.rs)
-    // with the traffic keys rustls hands over after the handshake.
+    // with the traffic keys rustls hands over after the handshake, and the traffic
+    // secrets its key log gives, from which KeyUpdate derives the next keys.
     config.enable_secret_extraction = true;
+    config.key_log = Arc::new(crate::net::tls_stream::SecretCapture);
     Ok(Arc::new(config))
 }

@@ -45,8 +45,13 @@ pub enum Incoming {
 /// Why the client's frames ended without a close frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadEnd {
-    /// The connection closed or failed.
+    /// The client ended its side cleanly: a FIN on a plain connection, close_notify
+    /// over TLS.
     Gone,
+    /// The connection broke: reset, or over TLS a FIN without close_notify (a cut an
+    /// attacker can make), a record that failed authentication, a fatal alert. What it
+    /// carried may be incomplete, so `dst` must not be given a clean end.
+    Aborted,
     /// The client broke RFC 6455; answer with `close_code()` and end.
     Protocol(ProtocolError),
 }
@@ -174,7 +179,7 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
             // so an idle tunnel pins none.
             self.buf = Vec::new();
             if self.inner.wait_readable().await.is_err() {
-                return Err(ReadEnd::Gone);
+                return Err(ReadEnd::Aborted);
             }
         }
         // While data flows, read in large gulps (fewer reads here, fewer writes to dst);
@@ -195,7 +200,8 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
         let (result, slice) = self.inner.read(buf.slice_mut(start..end)).await;
         self.buf = slice.into_inner();
         match result {
-            Ok(0) | Err(_) => Err(ReadEnd::Gone),
+            Ok(0) => Err(ReadEnd::Gone),
+            Err(_) => Err(ReadEnd::Aborted),
             Ok(n) => {
                 activity.set(Instant::now());
                 let room = end - start;

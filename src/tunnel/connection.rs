@@ -6,6 +6,7 @@
 //! upgrade reaches [`crate::tunnel::plain`] or [`crate::tunnel::mux`]. Nothing here reads frames.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::time::Instant;
@@ -24,6 +25,8 @@ use crate::tunnel::Context;
 
 /// Most requests served on one keep-alive connection before it is closed.
 const MAX_REQUESTS: usize = 100;
+/// How long ending a connection we answered may take (a client that does not read).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// The tunnel mode a client asked for (or got by default): the first of `smux_on`,
 /// `smux_off` that it offered, else the `-mux` default.
@@ -224,6 +227,14 @@ where
     }
 }
 
+/// Ends a connection in the HTTP phase, after our answer or the client's end: over TLS
+/// this sends close_notify (so the client knows the page it got is whole), or the alert
+/// the record layer owes after a bad record, or nothing after the client's fatal alert;
+/// then the FIN. Bounded: a client that does not read cannot hold the task.
+async fn close<S: AsyncWriteRent>(mut stream: S) {
+    let _ = monoio::time::timeout(CLOSE_WAIT, stream.shutdown()).await;
+}
+
 /// Reads request heads and answers those that are not upgrades (or hands the connection
 /// to the fallback site); returns the first valid upgrade to a known path.
 async fn serve<S>(
@@ -243,10 +254,14 @@ where
         buf = rest;
         let (head, head_len) = match result {
             Ok(parsed) => parsed,
-            Err(HeadError::Closed { .. }) => return None,
+            Err(HeadError::Closed { .. }) => {
+                close(stream).await;
+                return None;
+            }
             Err(HeadError::Timeout) => {
                 ctx.stats.metrics.refuse(Refusal::Timeout);
                 log::debug!("client {peer}: request head timed out");
+                close(stream).await;
                 return None;
             }
             Err(e) => {
@@ -259,6 +274,7 @@ where
                 let _ = stream
                     .write_all(http::error_page(status, "", false, true))
                     .await;
+                close(stream).await;
                 return None;
             }
         };
@@ -296,15 +312,13 @@ where
             }
             let page = http::error_page(status, extra, keep_alive, with_body);
             let (result, _) = stream.write_all(page).await;
-            if result.is_err() || !keep_alive {
+            if result.is_err() || !keep_alive || buf.len() < head_len {
+                // (A short `buf`: the head went to a fallback site that could not be
+                // reached; its bytes are gone.)
+                close(stream).await;
                 return None;
             }
-            if buf.len() >= head_len {
-                buf.drain(..head_len);
-            } else {
-                // The head went to a fallback site that could not be reached.
-                return None;
-            }
+            buf.drain(..head_len);
             deadline = Instant::now() + ctx.settings.head_timeout;
             continue;
         }
@@ -352,6 +366,7 @@ where
                 );
                 let page = http::error_page(502, "", false, true);
                 let _ = stream.write_all(page).await;
+                close(stream).await;
                 return None;
             }
         },

@@ -78,8 +78,11 @@ pub const FIN_HOLD: Duration = Duration::from_secs(1);
 pub enum SessionEnd {
     /// The client sent a WebSocket close frame.
     ClientClosed,
-    /// The client's connection ended or failed.
+    /// The client's connection ended cleanly (without a close frame).
     ClientGone,
+    /// The client's connection broke (see [`ReadEnd::Aborted`]): every stream's `dst`
+    /// is reset.
+    ClientAborted,
     /// The client broke RFC 6455.
     ClientWebSocket(ws::ProtocolError),
     /// The client broke smux (bad version or command).
@@ -163,6 +166,9 @@ struct Session<W> {
     ended: Cell<bool>,
     /// The session's grace for frames in flight is over too: stream tasks return at once.
     aborted: Cell<bool>,
+    /// The client's connection broke: streams that end with the session reset their
+    /// `dst` instead of closing it cleanly.
+    reset: Cell<bool>,
     /// The keepalive task is writing a NOP (which must not be cut short either).
     nop_sending: Cell<bool>,
     /// The session task while it waits for room in a stream's queue.
@@ -239,6 +245,7 @@ where
         refused: RefCell::new(HashMap::new()),
         ended: Cell::new(false),
         aborted: Cell::new(false),
+        reset: Cell::new(false),
         nop_sending: Cell::new(false),
         reader: RefCell::new(None),
         stalled: Cell::new(false),
@@ -279,6 +286,7 @@ where
     // Stream tasks stop; those writing a frame finish it first. Then the close frame, if
     // any, and the shutdown: all within CLOSE_GRACE, as a client that does not read could
     // otherwise hold the session forever.
+    session.reset.set(end == SessionEnd::ClientAborted);
     session.ended.set(true);
     session.wake_tasks();
     let closing = async {
@@ -287,7 +295,7 @@ where
             SessionEnd::ClientSmux(_) => Some((close_code::PROTOCOL_ERROR, "smux")),
             SessionEnd::KeepaliveTimeout => Some((close_code::GOING_AWAY, "keepalive timeout")),
             SessionEnd::Kicked => Some((close_code::POLICY, "")),
-            SessionEnd::ClientClosed | SessionEnd::ClientGone => None,
+            SessionEnd::ClientClosed | SessionEnd::ClientGone | SessionEnd::ClientAborted => None,
         };
         if let Some((code, reason)) = close {
             let _ = session.writer.send_close(code, reason).await;
@@ -335,6 +343,7 @@ where
                 return SessionEnd::ClientClosed;
             }
             Err(ReadEnd::Gone) => return SessionEnd::ClientGone,
+            Err(ReadEnd::Aborted) => return SessionEnd::ClientAborted,
             Err(ReadEnd::Protocol(e)) => return SessionEnd::ClientWebSocket(e),
         };
         let mut at = range.start;
@@ -502,7 +511,8 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
         }
     };
     stream.activity.set(Instant::now());
-    let (mut dst_read, dst_write) = crate::net::transport::split(dst);
+    // The descriptor is valid while either half lives (to the end of this function).
+    let (dst_fd, mut dst_read, dst_write) = dial::split_dst(dst);
     let end = {
         let mut up = pin!(upload(stream, session, dst_write));
         let mut down = pin!(download(stream, session, &mut dst_read));
@@ -551,6 +561,9 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
         })
         .await
     };
+    if matches!(end, StreamEnd::Session) && session.reset.get() {
+        dial::reset_on_close(dst_fd);
+    }
     if matches!(end, StreamEnd::ClientFin) {
         // dst has our FIN behind the client's bytes: close only once it has closed too
         // (or LINGER passed), so that the close does not reset the connection.

@@ -21,7 +21,8 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::control::registry::{Closing, Ticket};
-use crate::net::transport::{self, Readiness};
+use crate::net::dial::{reset_on_close, split_dst};
+use crate::net::transport::Readiness;
 use crate::proto::ws::{self, close_code, OpCode};
 use crate::runtime::task::Budget;
 use crate::tunnel::client_side::{
@@ -40,8 +41,10 @@ const LINGER: Duration = Duration::from_secs(5);
 pub enum TunnelEnd {
     /// The client sent a close frame.
     ClientClosed,
-    /// The client's connection ended without a close frame.
+    /// The client's connection ended cleanly without a close frame.
     ClientGone,
+    /// The client's connection broke (see [`ReadEnd::Aborted`]): `dst` was reset.
+    ClientAborted,
     /// The client broke the protocol; we sent this close code.
     ClientProtocol(ws::ProtocolError),
     /// `dst` closed its side; we sent a close frame.
@@ -68,7 +71,8 @@ where
     W: AsyncWriteRent,
 {
     let (writer, ticket) = (&writer, &ticket);
-    let (dst_read, dst_write) = transport::split(dst);
+    // The descriptor is valid while either half lives: both end with the block below.
+    let (dst_fd, dst_read, dst_write) = split_dst(dst);
     // The worker's sweeper watches this for `-timeout`: no timer per tunnel.
     let activity = ticket.activity();
     activity.set(Instant::now());
@@ -114,6 +118,7 @@ where
                     let _ = Box::pin(monoio::time::timeout(CLOSE_WAIT, down)).await;
                 }
             }
+            TunnelEnd::ClientAborted => reset_on_close(dst_fd),
             TunnelEnd::BackendError => {}
         }
         end
@@ -214,6 +219,8 @@ where
                     let _ = dst.shutdown().await;
                     return TunnelEnd::ClientGone;
                 }
+                // No FIN to dst: the caller resets it.
+                Err(ReadEnd::Aborted) => return TunnelEnd::ClientAborted,
             }
         }
     }
