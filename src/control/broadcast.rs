@@ -57,13 +57,13 @@ pub struct WorkerLink {
 }
 
 /// The worker's end of its request channel.
-pub struct WorkerInbox {
+pub(crate) struct WorkerInbox {
     pub requests: Receiver<Envelope>,
     pub doorbell: Arc<Doorbell>,
 }
 
 /// A connected pair of ends for one worker.
-pub fn worker_link() -> (WorkerLink, WorkerInbox) {
+pub(crate) fn worker_link() -> (WorkerLink, WorkerInbox) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let doorbell = Arc::new(Doorbell::default());
     (
@@ -80,7 +80,7 @@ pub fn worker_link() -> (WorkerLink, WorkerInbox) {
 
 /// Sends `request` to every worker and returns their answers, indexed by worker, once all
 /// have answered; a worker that is gone has no answer.
-pub fn ask_all(workers: &[WorkerLink], request: Request) -> Vec<Option<Reply>> {
+pub(crate) fn ask_all(workers: &[WorkerLink], request: Request) -> Vec<Option<Reply>> {
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(workers.len());
     send_all(workers, request, &reply_tx);
     // With our own sender gone, `recv` fails once every worker has answered or dropped
@@ -97,7 +97,7 @@ pub fn ask_all(workers: &[WorkerLink], request: Request) -> Vec<Option<Reply>> {
 
 /// Sends `request` to every worker without waiting for answers (for workers that have not
 /// started yet: they answer queued requests before accepting connections).
-pub fn tell_all(workers: &[WorkerLink], request: Request) {
+pub(crate) fn tell_all(workers: &[WorkerLink], request: Request) {
     let (reply_tx, _) = crossbeam_channel::bounded(workers.len());
     send_all(workers, request, &reply_tx);
 }
@@ -117,7 +117,7 @@ fn send_all(workers: &[WorkerLink], request: Request, reply: &Sender<(usize, Rep
 }
 
 /// A worker's task: answers requests as they arrive, with `handle`.
-pub async fn serve_requests(
+pub(crate) async fn serve_requests(
     inbox: &WorkerInbox,
     index: usize,
     mut handle: impl FnMut(&Request) -> Reply,
@@ -134,7 +134,7 @@ pub async fn serve_requests(
 /// change, and a worker whose table differs from the controller's would route wrongly
 /// from then on, silently. (Answering is plain map and counter work; nothing the network
 /// or the panel sends reaches it unvalidated.)
-pub fn drain(inbox: &WorkerInbox, index: usize, handle: &mut impl FnMut(&Request) -> Reply) {
+pub(crate) fn drain(inbox: &WorkerInbox, index: usize, handle: &mut impl FnMut(&Request) -> Reply) {
     while let Ok(envelope) = inbox.requests.try_recv() {
         let answered =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(&envelope.request)));

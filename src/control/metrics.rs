@@ -11,21 +11,21 @@ use crate::control::registry::{MetricsSnapshot, Refusal, UserTotals};
 
 /// Upper bounds, in seconds, of the route-change latency buckets: around the 1 ms that
 /// a change may take to reach every worker.
-pub const ROUTE_CHANGE_BOUNDS: [f64; 14] = [
+pub(crate) const ROUTE_CHANGE_BOUNDS: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.002, 0.003, 0.005, 0.01,
     0.025, 0.1, 1.0,
 ];
 
 /// A Prometheus histogram over [`ROUTE_CHANGE_BOUNDS`], kept by the controller thread.
 #[derive(Debug, Default, Clone)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// Observations per bucket (not cumulative); the last is above every bound.
     counts: [u64; ROUTE_CHANGE_BOUNDS.len() + 1],
     sum: Duration,
 }
 
 impl Histogram {
-    pub fn observe(&mut self, value: Duration) {
+    pub(crate) fn observe(&mut self, value: Duration) {
         let seconds = value.as_secs_f64();
         let bucket = ROUTE_CHANGE_BOUNDS
             .iter()
@@ -35,7 +35,7 @@ impl Histogram {
         self.sum += value;
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
 
@@ -52,7 +52,7 @@ impl Histogram {
 }
 
 /// Renders the metrics page.
-pub fn render(
+pub(crate) fn render(
     users: usize,
     route_changes: &Histogram,
     workers: &[MetricsSnapshot],

@@ -13,10 +13,10 @@
 //! - [`state`]: durable users (`-state FILE`): a log of changes with compaction.
 //! - [`metrics`]: the Prometheus text format of `/metrics`.
 
-pub mod broadcast;
-pub mod command;
+pub(crate) mod broadcast;
+pub(crate) mod command;
 pub mod controller;
-pub mod metrics;
-pub mod registry;
+pub(crate) mod metrics;
+pub(crate) mod registry;
 pub mod routes;
-pub mod state;
+pub(crate) mod state;

@@ -18,14 +18,14 @@ use monoio::time::Instant;
 
 /// What kind of connection a [`Ticket`] stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Plain,
     MuxSession,
 }
 
 /// One user's counters on one worker.
 #[derive(Default)]
-pub struct UserStats {
+pub(crate) struct UserStats {
     /// Bytes from the client to `dst` (payload, not framing).
     bytes_up: Cell<u64>,
     /// Bytes from `dst` to the client.
@@ -38,7 +38,7 @@ pub struct UserStats {
 
 /// One open connection as the counters see it: whether it must close (kicked, or idle
 /// past `-timeout`), and when a byte last moved.
-pub struct KickFlag {
+pub(crate) struct KickFlag {
     kicked: Cell<bool>,
     idle: Cell<bool>,
     /// When a byte last moved either way. Plain tunnels are checked against it by the
@@ -73,7 +73,7 @@ impl KickFlag {
 
 /// Why a connection was told to close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Closing {
+pub(crate) enum Closing {
     Kicked,
     Idle,
 }
@@ -94,7 +94,7 @@ pub struct UserTotals {
 
 /// The worker-wide counters behind `/metrics`.
 #[derive(Default)]
-pub struct WorkerMetrics {
+pub(crate) struct WorkerMetrics {
     pub plain_open: Cell<u64>,
     pub plain_total: Cell<u64>,
     pub mux_sessions_open: Cell<u64>,
@@ -110,7 +110,7 @@ pub struct WorkerMetrics {
 
 /// Why a data-port connection got no tunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     UnknownPath,
     BadUpgrade,
     BadRequest,
@@ -120,7 +120,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub(crate) const ALL: [Refusal; 6] = [
         Refusal::UnknownPath,
         Refusal::BadUpgrade,
         Refusal::BadRequest,
@@ -129,7 +129,7 @@ impl Refusal {
         Refusal::OverCapacity,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Refusal::UnknownPath => "unknown_path",
             Refusal::BadUpgrade => "bad_upgrade",
@@ -157,11 +157,11 @@ pub struct MetricsSnapshot {
 }
 
 impl WorkerMetrics {
-    pub fn refuse(&self, why: Refusal) {
+    pub(crate) fn refuse(&self, why: Refusal) {
         bump(&self.refused[why as usize], 1);
     }
 
-    pub fn snapshot(&self) -> MetricsSnapshot {
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             plain_open: self.plain_open.get(),
             plain_total: self.plain_total.get(),
@@ -187,7 +187,7 @@ fn drop_one(cell: &Cell<u64>) {
 
 /// One worker's counters, per user and in total.
 #[derive(Default)]
-pub struct StatsTable {
+pub(crate) struct StatsTable {
     /// Users seen on this worker since their counters were last collected with reset.
     users: RefCell<HashMap<Box<str>, Rc<UserStats>>>,
     pub metrics: Rc<WorkerMetrics>,
@@ -197,12 +197,17 @@ pub struct StatsTable {
 
 impl StatsTable {
     /// Whether the table of users is borrowed at this moment.
-    pub fn in_use(&self) -> bool {
+    pub(crate) fn in_use(&self) -> bool {
         self.users.try_borrow_mut().is_err()
     }
 
     /// Counts a new connection of `path`; it is counted as open until the ticket drops.
-    pub fn open(&self, path: &str, kind: Kind, client: Option<std::net::SocketAddr>) -> Ticket {
+    pub(crate) fn open(
+        &self,
+        path: &str,
+        kind: Kind,
+        client: Option<std::net::SocketAddr>,
+    ) -> Ticket {
         let user = {
             let mut users = self.users.borrow_mut();
             match users.get(path) {
@@ -241,7 +246,7 @@ impl StatsTable {
     /// The totals of the given users (all when `None`); with `reset`, their byte and
     /// opened counters restart from zero in the same step. Users with nothing to report
     /// are left out and forgotten.
-    pub fn collect(&self, paths: Option<&[Box<str>]>, reset: bool) -> Vec<UserTotals> {
+    pub(crate) fn collect(&self, paths: Option<&[Box<str>]>, reset: bool) -> Vec<UserTotals> {
         let mut users = self.users.borrow_mut();
         let mut out = Vec::new();
         let mut report = |path: &str, user: &UserStats| {
@@ -296,7 +301,7 @@ impl StatsTable {
     }
 
     /// Tells every open connection of these users to close; returns how many there were.
-    pub fn kick(&self, paths: &[Box<str>]) -> usize {
+    pub(crate) fn kick(&self, paths: &[Box<str>]) -> usize {
         let users = self.users.borrow();
         let mut kicked = 0;
         for path in paths {
@@ -314,7 +319,7 @@ impl StatsTable {
 
 impl StatsTable {
     /// Tells every plain tunnel with no bytes either way for `timeout` to close.
-    pub fn sweep(&self, now: Instant, timeout: std::time::Duration) {
+    pub(crate) fn sweep(&self, now: Instant, timeout: std::time::Duration) {
         for user in self.users.borrow().values() {
             for flag in user.open.borrow().values() {
                 if flag.swept
@@ -331,7 +336,7 @@ impl StatsTable {
 
 /// One open connection's place in the counters: bytes are added through it, and dropping
 /// it counts the connection as closed.
-pub struct Ticket {
+pub(crate) struct Ticket {
     user: Rc<UserStats>,
     metrics: Rc<WorkerMetrics>,
     id: u64,
@@ -341,36 +346,36 @@ pub struct Ticket {
 
 impl Ticket {
     /// `n` payload bytes went from the client to `dst`.
-    pub fn up(&self, n: usize) {
+    pub(crate) fn up(&self, n: usize) {
         bump(&self.user.bytes_up, n as u64);
         bump(&self.metrics.bytes_up, n as u64);
     }
 
     /// `n` payload bytes went from `dst` to the client.
-    pub fn down(&self, n: usize) {
+    pub(crate) fn down(&self, n: usize) {
         bump(&self.user.bytes_down, n as u64);
         bump(&self.metrics.bytes_down, n as u64);
     }
 
     /// A mux stream opened; it counts until the returned guard drops.
-    pub fn stream(&self) -> StreamGuard {
+    pub(crate) fn stream(&self) -> StreamGuard {
         bump(&self.metrics.mux_streams_open, 1);
         bump(&self.metrics.mux_streams_total, 1);
         StreamGuard(Rc::clone(&self.metrics))
     }
 
     /// When a byte last moved; set it whenever one does.
-    pub fn activity(&self) -> &Cell<Instant> {
+    pub(crate) fn activity(&self) -> &Cell<Instant> {
         &self.flag.activity
     }
 
     /// Completes when the connection is kicked.
-    pub async fn kicked(&self) {
+    pub(crate) async fn kicked(&self) {
         self.closing().await;
     }
 
     /// Completes when the connection must close: kicked, or (plain tunnels) idle.
-    pub async fn closing(&self) -> Closing {
+    pub(crate) async fn closing(&self) -> Closing {
         poll_fn(|cx| {
             if self.flag.kicked.get() {
                 Poll::Ready(Closing::Kicked)
@@ -396,7 +401,7 @@ impl Drop for Ticket {
 }
 
 /// Counts one open mux stream.
-pub struct StreamGuard(Rc<WorkerMetrics>);
+pub(crate) struct StreamGuard(Rc<WorkerMetrics>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {

@@ -123,7 +123,9 @@ impl Route {
     /// # Safety
     /// `block` must point to a route block.
     unsafe fn text_ptr(block: NonNull<Header>) -> *mut u8 {
-        block.as_ptr().cast::<u8>().add(size_of::<Header>())
+        // SAFETY: a route block is at least a header long, so one past the header is in
+        // (or one past the end of) the same allocation, as the caller promises.
+        unsafe { block.as_ptr().cast::<u8>().add(size_of::<Header>()) }
     }
 }
 

@@ -12,11 +12,11 @@ use monoio::net::TcpStream;
 use crate::net::transport::{self, ReadHalf, WriteHalf};
 
 /// Bound on dialing a destination, name resolution included.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to `dst` (`IP:PORT` or `HOST:PORT`) within [`DIAL_TIMEOUT`]. Names are
 /// resolved on the runtime's blocking pool so the worker never blocks.
-pub async fn dial(dst: &str) -> io::Result<TcpStream> {
+pub(crate) async fn dial(dst: &str) -> io::Result<TcpStream> {
     match monoio::time::timeout(DIAL_TIMEOUT, dial_unbounded(dst)).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "dial timed out")),
@@ -49,7 +49,7 @@ async fn dial_unbounded(dst: &str) -> io::Result<TcpStream> {
 /// Splits a connection to `dst`, and gives its descriptor for [`reset_on_close`]. (In one
 /// call: borrowing the stream for its descriptor in an async body makes the future keep a
 /// second copy of the stream for the whole tunnel.)
-pub fn split_dst(dst: TcpStream) -> (RawFd, ReadHalf<TcpStream>, WriteHalf<TcpStream>) {
+pub(crate) fn split_dst(dst: TcpStream) -> (RawFd, ReadHalf<TcpStream>, WriteHalf<TcpStream>) {
     let fd = dst.as_raw_fd();
     let (read, write) = transport::split(dst);
     (fd, read, write)
@@ -58,7 +58,7 @@ pub fn split_dst(dst: TcpStream) -> (RawFd, ReadHalf<TcpStream>, WriteHalf<TcpSt
 /// Makes closing `fd` (a connection to `dst`) reset it instead of ending it cleanly:
 /// SO_LINGER with a zero timeout. For when the client's side broke (a TLS truncation, a
 /// forged record, a fatal alert): a backend must not take a cut stream for a whole one.
-pub fn reset_on_close(fd: RawFd) {
+pub(crate) fn reset_on_close(fd: RawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,

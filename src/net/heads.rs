@@ -19,7 +19,7 @@ const FIRST_READ: usize = 2048;
 
 /// Reads one request head. `buf` holds bytes already read (a previous request's surplus)
 /// and is returned with the head and whatever followed it; `Ok((head, head_len, buf))`.
-pub async fn read_head<S: AsyncReadRent>(
+pub(crate) async fn read_head<S: AsyncReadRent>(
     stream: &mut S,
     mut buf: Vec<u8>,
     deadline: Instant,
@@ -63,7 +63,7 @@ pub async fn read_head<S: AsyncReadRent>(
 
 /// Reads a PROXY header from `stream` before `deadline`. Returns the source address (if
 /// the header names one) and the bytes read past the header.
-pub async fn read_header<S: AsyncReadRent>(
+pub(crate) async fn read_header<S: AsyncReadRent>(
     stream: &mut S,
     deadline: Instant,
 ) -> Result<(Option<SocketAddr>, Vec<u8>), ProxyError> {

@@ -13,7 +13,7 @@ const BACKLOG: i32 = 4096;
 /// Binds `count` listeners on `addr` with SO_REUSEPORT, one per worker. Fails if another
 /// socket (another copy of this server, say) already listens there. With port 0 the first
 /// listener picks the port and the others join it.
-pub fn bind_data_listeners(
+pub(crate) fn bind_data_listeners(
     addr: SocketAddr,
     count: usize,
     fast_open: bool,
@@ -69,7 +69,7 @@ fn enable_fast_open(listener: &StdListener) -> io::Result<()> {
 /// Binds the unix-socket data listener at `path`, or in the abstract namespace for
 /// `@name`. A stale socket file left by a crash is replaced; one that a live server
 /// still answers on is not.
-pub fn bind_unix(path: &str) -> io::Result<std::os::unix::net::UnixListener> {
+pub(crate) fn bind_unix(path: &str) -> io::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
     if let Some(name) = path.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
@@ -109,7 +109,7 @@ fn set_socket_mode(path: &str) -> io::Result<()> {
 
 /// A listening socket; `[::]` accepts IPv4 too, and falls back to `0.0.0.0` where IPv6 is
 /// off.
-pub fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<StdListener> {
+pub(crate) fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<StdListener> {
     match bind_raw(addr, reuse_port) {
         Err(e)
             if addr.ip().is_unspecified()

@@ -11,9 +11,9 @@
 //! - [`tls`]: the rustls configuration (files or self-signed), ALPN, resumption, reload.
 //! - [`tls_stream`]: the handshake, then our own TLS 1.3 record layer (rustls for TLS 1.2).
 
-pub mod dial;
-pub mod heads;
-pub mod listen;
-pub mod tls;
-pub mod tls_stream;
-pub mod transport;
+pub(crate) mod dial;
+pub(crate) mod heads;
+pub(crate) mod listen;
+pub(crate) mod tls;
+pub(crate) mod tls_stream;
+pub(crate) mod transport;

@@ -37,7 +37,7 @@ impl Resumption {
 }
 
 /// A certificate and key on disk, and what was last loaded from them.
-pub struct CertFiles {
+pub(crate) struct CertFiles {
     cert: PathBuf,
     key: PathBuf,
     /// The file contents behind the configuration in use, to notice changes (a symlink
@@ -48,7 +48,7 @@ pub struct CertFiles {
 
 impl CertFiles {
     /// Loads the pair. Every error names the file it came from.
-    pub fn load(cert: &Path, key: &Path) -> Result<(CertFiles, Arc<ServerConfig>), String> {
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<(CertFiles, Arc<ServerConfig>), String> {
         let resumption = Resumption::new()?;
         let contents = read_pair(cert, key)?;
         let config = from_pem(cert, key, &contents, &resumption)?;
@@ -65,7 +65,7 @@ impl CertFiles {
 
     /// A new configuration if the files changed since the last load (or always, with
     /// `force`); `None` when there is nothing new. On error the caller keeps the old one.
-    pub fn reload(&mut self, force: bool) -> Option<Result<Arc<ServerConfig>, String>> {
+    pub(crate) fn reload(&mut self, force: bool) -> Option<Result<Arc<ServerConfig>, String>> {
         let contents = match read_pair(&self.cert, &self.key) {
             Ok(contents) => contents,
             Err(e) => return Some(Err(e)),
@@ -115,7 +115,7 @@ fn from_pem(
 
 /// Generates an ECDSA P-256 self-signed certificate for `name` and builds the server
 /// configuration around it.
-pub fn self_signed(name: &str) -> Result<Arc<ServerConfig>, String> {
+pub(crate) fn self_signed(name: &str) -> Result<Arc<ServerConfig>, String> {
     let generated = rcgen::generate_simple_self_signed(vec![name.to_string()])
         .map_err(|e| format!("generating a self-signed certificate for {name}: {e}"))?;
     let chain = vec![generated.cert.der().clone()];

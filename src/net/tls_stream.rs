@@ -29,6 +29,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -100,7 +101,7 @@ pub mod alert {
 /// A TLS connection ready for HTTP. The TLS 1.2 stream (rustls's whole connection, about
 /// 1.4 KiB) is boxed: the caller's task keeps room for this value while a TLS 1.3 tunnel
 /// runs, and it should be the size of the common case.
-pub enum Accepted {
+pub(crate) enum Accepted {
     V13(Tls13Stream),
     V12(Box<monoio_rustls::ServerTlsStream<DataStream>>),
 }
@@ -251,7 +252,7 @@ fn take_captured(into: &mut CapturedSecrets) {
 
 /// Runs the handshake on `transport` (after `early`, bytes already read) with
 /// `config`. The caller bounds it in time.
-pub async fn accept(
+pub(crate) async fn accept(
     config: &Arc<ServerConfig>,
     mut transport: Transport,
     early: Vec<u8>,
@@ -733,7 +734,7 @@ impl Sending {
 }
 
 /// A TLS 1.3 connection with our record layer.
-pub struct Tls13Stream {
+pub(crate) struct Tls13Stream {
     reader: Tls13Reader<ReadHalf<Transport>>,
     writer: Tls13Writer<WriteHalf<Transport>>,
 }
@@ -777,7 +778,7 @@ impl AsyncWriteRent for Tls13Stream {
 
 /// The reading half: opens records into the caller's buffers. A read returns 0 only after
 /// the peer's close_notify; a transport end without it is an error.
-pub struct Tls13Reader<R> {
+pub(crate) struct Tls13Reader<R> {
     io: R,
     /// Boxed: a key schedule is several hundred bytes, and the futures that hold a
     /// stream would each reserve room for it.
@@ -803,12 +804,11 @@ impl<R> Drop for Tls13Reader<R> {
 
 impl<R: AsyncReadRent> Tls13Reader<R> {
     /// Copies out pending plaintext; `None` if there is none.
-    fn deliver_pending(&mut self, out: &mut [u8]) -> Option<usize> {
+    fn deliver_pending(&mut self, out: &mut [MaybeUninit<u8>]) -> Option<usize> {
         if self.plain_pos >= self.plain.len() {
             return None;
         }
-        let n = out.len().min(self.plain.len() - self.plain_pos);
-        out[..n].copy_from_slice(&self.plain[self.plain_pos..self.plain_pos + n]);
+        let n = write_bytes(out, &self.plain[self.plain_pos..]);
         self.plain_pos += n;
         if self.plain_pos == self.plain.len() {
             self.plain.zeroize();
@@ -819,7 +819,7 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
     }
 
     /// Opens every complete record in `stash` into `out` (and `plain`, past its end).
-    fn open_stash(&mut self, out: &mut [u8]) -> io::Result<usize> {
+    fn open_stash(&mut self, out: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
         let mut written = 0;
         let mut pos = 0;
         while let Some(len) = complete_record(&self.stash[pos..]) {
@@ -836,8 +836,7 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
             match opened {
                 Opened::Data(range) => {
                     let content = &self.stash[pos + range.start..pos + range.end];
-                    let n = (out.len() - written).min(content.len());
-                    out[written..written + n].copy_from_slice(&content[..n]);
+                    let n = write_bytes(&mut out[written..], content);
                     written += n;
                     self.plain.extend_from_slice(&content[n..]);
                 }
@@ -868,9 +867,13 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
             return (Ok(0), buf);
         }
         loop {
-            // SAFETY: the buffer's spare room is ours to write until we return it.
-            let out = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), total) };
+            // SAFETY: `write_ptr` is valid for `total` bytes of writes while we hold `buf`;
+            // as `MaybeUninit`, the bytes are only written (by `write_bytes`), never read.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(buf.write_ptr().cast::<MaybeUninit<u8>>(), total)
+            };
             if let Some(n) = self.deliver_pending(out) {
+                // SAFETY: `deliver_pending` wrote the first `n` bytes.
                 unsafe { buf.set_init(n) };
                 return (Ok(n), buf);
             }
@@ -883,6 +886,7 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
                     Ok(0) if self.eof => return (Ok(0), buf),
                     Ok(0) => {}
                     Ok(n) => {
+                        // SAFETY: `open_stash` wrote the first `n` bytes.
                         unsafe { buf.set_init(n) };
                         return (Ok(n), buf);
                     }
@@ -912,6 +916,7 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
                     Ok(0) if self.eof => return (Ok(0), buf),
                     Ok(0) => continue,
                     Ok(written) => {
+                        // SAFETY: these bytes were read by the kernel, then opened in place.
                         unsafe { buf.set_init(written) };
                         return (Ok(written), buf);
                     }
@@ -981,6 +986,16 @@ impl<R: AsyncReadRent> Tls13Reader<R> {
     }
 }
 
+/// Copies as much of `src` as fits into `out` (which may be uninitialised) and returns
+/// how many bytes that is; those bytes of `out` are initialised afterwards.
+fn write_bytes(out: &mut [MaybeUninit<u8>], src: &[u8]) -> usize {
+    let n = out.len().min(src.len());
+    for (slot, byte) in out[..n].iter_mut().zip(src) {
+        slot.write(*byte);
+    }
+    n
+}
+
 /// Bytes the stash must hold for its first record to be complete.
 fn complete_record_need(stash: &[u8]) -> usize {
     if stash.len() < HEADER {
@@ -1004,6 +1019,7 @@ impl<R: AsyncReadRent> AsyncReadRent for Tls13Reader<R> {
         let (result, slice) = self.read_inner(slice).await;
         buf = slice.into_inner();
         if let Ok(n) = result {
+            // SAFETY: `read_inner` initialised `n` bytes of the first buffer.
             unsafe { buf.set_init(n) };
         }
         (result, buf)
@@ -1030,7 +1046,7 @@ impl<R: Readiness> Readiness for Tls13Reader<R> {
 
 /// The writing half: seals each write into records, with a KeyUpdate in front when one
 /// is due; at shutdown, close_notify, or the alert the reader found cause for.
-pub struct Tls13Writer<W> {
+pub(crate) struct Tls13Writer<W> {
     io: W,
     sending: Rc<Sending>,
 }

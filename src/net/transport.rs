@@ -21,7 +21,7 @@ use monoio::BufResult;
 
 /// Who is on the other end, for logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Peer {
+pub(crate) enum Peer {
     /// A TCP client, or the client a PROXY header named.
     Ip(SocketAddr),
     /// A unix-socket client (a local reverse proxy) that sent no PROXY header.
@@ -30,7 +30,7 @@ pub enum Peer {
 
 impl Peer {
     /// The IP address and port, if there is one.
-    pub fn addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn addr(&self) -> Option<SocketAddr> {
         match self {
             Peer::Ip(addr) => Some(*addr),
             Peer::Local => None,
@@ -48,17 +48,17 @@ impl fmt::Display for Peer {
 }
 
 /// A data connection over TCP or a unix socket.
-pub enum Transport {
+pub(crate) enum Transport {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
 /// A data connection with any bytes already read in front of it (for rustls' TLS 1.2
 /// path, which needs monoio's own `Split`).
-pub type DataStream = PrefixedReadIo<Transport, Cursor<Vec<u8>>>;
+pub(crate) type DataStream = PrefixedReadIo<Transport, Cursor<Vec<u8>>>;
 
 /// Wraps a transport with bytes to replay first (empty for none).
-pub fn data_stream(transport: Transport, early: Vec<u8>) -> DataStream {
+pub(crate) fn data_stream(transport: Transport, early: Vec<u8>) -> DataStream {
     PrefixedReadIo::new(transport, Cursor::new(early))
 }
 
@@ -68,7 +68,7 @@ unsafe impl Split for Transport {}
 /// A read side that can wait until data is there without holding a buffer. (Not
 /// "relaxed": with epoll, monoio's cached readiness would report a drained socket as
 /// readable, and the read after it would pin a buffer after all.)
-pub trait Readiness {
+pub(crate) trait Readiness {
     /// Completes when a read would find data (or EOF, or an error). May complete early:
     /// the read that follows then simply waits, with its buffer.
     fn wait_readable(&self) -> impl std::future::Future<Output = io::Result<()>>;
@@ -110,14 +110,14 @@ impl<T> Readiness for monoio::io::OwnedReadHalf<T> {
 }
 
 /// The read half of a stream split by [`split`].
-pub struct ReadHalf<T>(Rc<UnsafeCell<T>>);
+pub(crate) struct ReadHalf<T>(Rc<UnsafeCell<T>>);
 /// The write half of a stream split by [`split`].
-pub struct WriteHalf<T>(Rc<UnsafeCell<T>>);
+pub(crate) struct WriteHalf<T>(Rc<UnsafeCell<T>>);
 
 /// Splits a stream whose reads and writes are independent (TCP, unix sockets) into
 /// halves that can be used at once, like monoio's own split, but whose read half can
 /// also wait for readability.
-pub fn split<T: Split>(stream: T) -> (ReadHalf<T>, WriteHalf<T>) {
+pub(crate) fn split<T: Split>(stream: T) -> (ReadHalf<T>, WriteHalf<T>) {
     let shared = Rc::new(UnsafeCell::new(stream));
     (ReadHalf(Rc::clone(&shared)), WriteHalf(shared))
 }
@@ -173,13 +173,13 @@ impl<T: AsyncWriteRent> AsyncWriteRent for WriteHalf<T> {
 
 /// A plain (no TLS) data connection with bytes already read in front of it; its halves
 /// can wait for readability.
-pub struct PlainStream {
+pub(crate) struct PlainStream {
     early: Cursor<Vec<u8>>,
     transport: Transport,
 }
 
 impl PlainStream {
-    pub fn new(transport: Transport, early: Vec<u8>) -> Self {
+    pub(crate) fn new(transport: Transport, early: Vec<u8>) -> Self {
         Self {
             early: Cursor::new(early),
             transport,
@@ -205,7 +205,7 @@ fn replay<B: IoBufMut>(early: &mut Cursor<Vec<u8>>, buf: &mut B) -> Option<usize
 /// Copies as much of `src` as fits into `buf`'s room (which may be uninitialised: it is
 /// written through a raw pointer, never read or viewed as `&mut [u8]`), marks it
 /// initialised, and returns how many bytes were copied.
-pub fn fill_spare<B: IoBufMut>(buf: &mut B, src: &[u8]) -> usize {
+pub(crate) fn fill_spare<B: IoBufMut>(buf: &mut B, src: &[u8]) -> usize {
     let n = src.len().min(buf.bytes_total());
     // SAFETY: `write_ptr` is valid for `bytes_total()` bytes of writes, `n` is no more,
     // and `src` is a shared borrow, so it cannot overlap the buffer we hold `&mut` to.
@@ -267,7 +267,7 @@ impl monoio::io::Splitable for PlainStream {
 }
 
 /// The read half of a [`PlainStream`].
-pub struct PlainReader {
+pub(crate) struct PlainReader {
     early: Cursor<Vec<u8>>,
     inner: ReadHalf<Transport>,
 }
@@ -343,13 +343,13 @@ impl AsyncWriteRent for Transport {
 }
 
 /// A worker's data listener.
-pub enum DataListener {
+pub(crate) enum DataListener {
     Tcp(TcpListener),
     Unix(UnixListener),
 }
 
 impl DataListener {
-    pub async fn accept(&self) -> io::Result<(Transport, Peer)> {
+    pub(crate) async fn accept(&self) -> io::Result<(Transport, Peer)> {
         match self {
             DataListener::Tcp(l) => {
                 let (stream, addr) = l.accept().await?;

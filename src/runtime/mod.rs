@@ -6,5 +6,5 @@
 //! - [`task`]: contained spawning, [`task::Budget`], the yield pump and yield hook.
 //! - [`doorbell`]: waking a monoio task from another thread, without polling.
 
-pub mod doorbell;
-pub mod task;
+pub(crate) mod doorbell;
+pub(crate) mod task;

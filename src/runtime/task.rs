@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 /// Spawns `future` on the current worker, containing any panic it raises.
-pub fn spawn_contained<F: Future<Output = ()> + 'static>(future: F) {
+pub(crate) fn spawn_contained<F: Future<Output = ()> + 'static>(future: F) {
     monoio::spawn(ContainPanic(Box::pin(future)));
 }
 
@@ -25,7 +25,7 @@ pub fn spawn_contained<F: Future<Output = ()> + 'static>(future: F) {
 const RELAY_BUDGET: usize = 256 * 1024;
 
 /// A relay loop's allowance before it yields.
-pub struct Budget(Cell<usize>);
+pub(crate) struct Budget(Cell<usize>);
 
 impl Default for Budget {
     fn default() -> Self {
@@ -36,7 +36,7 @@ impl Default for Budget {
 impl Budget {
     /// Counts `bytes` moved; once the budget is spent, yields to the worker's other tasks
     /// (and to the event loop) before going on.
-    pub async fn spend(&self, bytes: usize) {
+    pub(crate) async fn spend(&self, bytes: usize) {
         let left = self.0.get().saturating_sub(bytes.max(1));
         if left > 0 {
             self.0.set(left);
@@ -66,14 +66,14 @@ thread_local! {
 /// The hook runs inside the yielding task's poll, so it must not await, and may only
 /// touch state that no task holds borrowed across an await (clippy's
 /// `await_holding_refcell_ref`, denied in CI, keeps that so for `RefCell`s).
-pub fn on_yield(hook: Rc<dyn Fn()>) {
+pub(crate) fn on_yield(hook: Rc<dyn Fn()>) {
     ON_YIELD.with(|slot| *slot.borrow_mut() = Some(hook));
 }
 
 /// Puts the current task at the back of the worker's queue. (monoio runs a task that
 /// wakes itself again at once, ahead of the others; so the yielder is woken by the
 /// worker's [`yield_pump`] task instead, which is queued behind everyone else.)
-pub async fn yield_now() {
+pub(crate) async fn yield_now() {
     let mut yielded = false;
     poll_fn(|cx| {
         if yielded {
@@ -103,7 +103,7 @@ pub async fn yield_now() {
 }
 
 /// The worker's task that wakes yielded tasks; spawn one per worker runtime.
-pub async fn yield_pump() {
+pub(crate) async fn yield_pump() {
     /// The pump goes only with its runtime: forget it and the tasks that waited for it
     /// (they go with the runtime too; waking them now would schedule onto a runtime that
     /// is being dropped), so that a later runtime on this thread starts clean.

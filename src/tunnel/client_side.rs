@@ -27,13 +27,13 @@ use crate::net::transport::Readiness;
 use crate::proto::ws::{self, OpCode, ProtocolError};
 
 /// First size of the read buffer: small, so an idle tunnel holds little.
-pub const INITIAL_BUFFER: usize = 4 * 1024;
+pub(crate) const INITIAL_BUFFER: usize = 4 * 1024;
 /// Largest size a buffer grows to while reads keep filling it.
-pub const MAX_BUFFER: usize = 64 * 1024;
+pub(crate) const MAX_BUFFER: usize = 64 * 1024;
 
 /// What the client sent next, for the tunnel to act on. Pongs are swallowed.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Incoming {
+pub(crate) enum Incoming {
     /// Payload bytes of a data frame, unmasked, at this range of [`ClientReader::buf`].
     Data(Range<usize>),
     /// A ping; its payload is [`ClientReader::control_payload`].
@@ -44,7 +44,7 @@ pub enum Incoming {
 
 /// Why the client's frames ended without a close frame.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ReadEnd {
+pub(crate) enum ReadEnd {
     /// The client ended its side cleanly: a FIN on a plain connection, close_notify
     /// over TLS.
     Gone,
@@ -57,7 +57,7 @@ pub enum ReadEnd {
 }
 
 /// Reads and decodes the client's frames.
-pub struct ClientReader<R> {
+pub(crate) struct ClientReader<R> {
     /// The client connection's read half.
     inner: R,
     /// Frame decoder state carried across reads.
@@ -76,7 +76,7 @@ pub struct ClientReader<R> {
 
 impl<R: AsyncReadRent + Readiness> ClientReader<R> {
     /// A reader over `inner`, starting with bytes that arrived with the request head.
-    pub fn new(inner: R, early: Vec<u8>) -> Self {
+    pub(crate) fn new(inner: R, early: Vec<u8>) -> Self {
         let mut buf = early;
         if buf.capacity() < INITIAL_BUFFER {
             buf.reserve_exact(INITIAL_BUFFER - buf.len());
@@ -94,21 +94,21 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
 
     /// The buffer that [`Incoming::Data`] ranges point into. A caller may take it (to
     /// write from it without a copy) and must put it back before the next call.
-    pub fn buf_mut(&mut self) -> &mut Vec<u8> {
+    pub(crate) fn buf_mut(&mut self) -> &mut Vec<u8> {
         &mut self.buf
     }
 
-    pub fn buf(&self) -> &[u8] {
+    pub(crate) fn buf(&self) -> &[u8] {
         &self.buf
     }
 
     /// The payload of the last ping.
-    pub fn control_payload(&self) -> &[u8] {
+    pub(crate) fn control_payload(&self) -> &[u8] {
         self.decoder.control_payload()
     }
 
     /// The next thing the client sent. `activity` is set whenever bytes arrive.
-    pub async fn next(&mut self, activity: &Cell<Instant>) -> Result<Incoming, ReadEnd> {
+    pub(crate) async fn next(&mut self, activity: &Cell<Instant>) -> Result<Incoming, ReadEnd> {
         if let Some(event) = self.pending.take() {
             return Ok(event);
         }
@@ -142,7 +142,7 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
     /// and at a control frame (kept for the next call of `next`). It also stops at a
     /// protocol error, without consuming anything: the decoder repeats the error to the
     /// next `next`, after the data before it has gone out.
-    pub fn coalesce(&mut self, mut range: Range<usize>) -> Range<usize> {
+    pub(crate) fn coalesce(&mut self, mut range: Range<usize>) -> Range<usize> {
         while self.pending.is_none() && self.pos < self.buf.len() {
             let Ok((event, consumed)) = self.decoder.decode(&mut self.buf[self.pos..]) else {
                 break;
@@ -217,10 +217,10 @@ impl<R: AsyncReadRent + Readiness> ClientReader<R> {
 
 /// Room kept in front of payload buffers for the largest frame header (10 bytes), so a
 /// data frame goes out as one contiguous write with no copy.
-pub const HEADER_ROOM: usize = 10;
+pub(crate) const HEADER_ROOM: usize = 10;
 
 /// The write half of a client connection, shared by the tasks of one tunnel.
-pub struct ClientWriter<W> {
+pub(crate) struct ClientWriter<W> {
     /// The write half, absent while a task is writing with it.
     inner: RefCell<Option<W>>,
     /// Tasks waiting for their turn.
@@ -252,7 +252,7 @@ impl<W> Drop for Turn<'_, W> {
 }
 
 impl<W: AsyncWriteRent> ClientWriter<W> {
-    pub fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         Self {
             inner: RefCell::new(Some(inner)),
             waiters: RefCell::new(Vec::new()),
@@ -277,12 +277,12 @@ impl<W: AsyncWriteRent> ClientWriter<W> {
     }
 
     /// Whether a task is writing right now (a frame may be half-sent).
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.inner.borrow().is_none()
     }
 
     /// Whether frames can still be sent.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         !self.close_sent.get() && !self.poisoned.get()
     }
 
@@ -307,7 +307,7 @@ impl<W: AsyncWriteRent> ClientWriter<W> {
 
     /// Sends `buf[HEADER_ROOM..]` as one binary frame, writing its header into the room in
     /// front of it. Returns the buffer for reuse.
-    pub async fn send_binary(&self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    pub(crate) async fn send_binary(&self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let payload_len = buf.len() - HEADER_ROOM;
         let mut header = [0u8; 10];
         let header_len = ws::encode_header(OpCode::Binary, payload_len as u64, &mut header);
@@ -318,14 +318,14 @@ impl<W: AsyncWriteRent> ClientWriter<W> {
     }
 
     /// Sends a small frame (a pong or a short data frame).
-    pub async fn send_small(&self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+    pub(crate) async fn send_small(&self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
         let mut frame = Vec::with_capacity(payload.len() + 10);
         ws::encode_frame(opcode, payload, &mut frame);
         self.write_raw(frame).await.0
     }
 
     /// Sends a close frame, once; later calls do nothing.
-    pub async fn send_close(&self, code: u16, reason: &str) -> io::Result<()> {
+    pub(crate) async fn send_close(&self, code: u16, reason: &str) -> io::Result<()> {
         if !self.is_open() {
             return Ok(());
         }
@@ -338,7 +338,7 @@ impl<W: AsyncWriteRent> ClientWriter<W> {
 
     /// Flushes and closes the connection's write side (TLS close_notify, then FIN), unless
     /// the stream is unusable.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let mut turn = self.turn().await;
         if self.poisoned.get() {
             return;

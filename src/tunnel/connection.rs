@@ -31,7 +31,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// The tunnel mode a client asked for (or got by default): the first of `smux_on`,
 /// `smux_off` that it offered, else the `-mux` default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// One byte stream to `dst` (`smux_off`).
     Plain,
     /// smux v1 streams, each to its own `dst` connection (`smux_on`).
@@ -40,7 +40,7 @@ pub enum Mode {
 
 /// The subprotocol to select and echo, and the mode: the server prefers `smux_on`, then
 /// `smux_off`; a client that offers neither gets `mux_default` and no echo.
-pub fn choose_mode(offered: &[String], mux_default: bool) -> (Mode, Option<&'static str>) {
+pub(crate) fn choose_mode(offered: &[String], mux_default: bool) -> (Mode, Option<&'static str>) {
     if offered.iter().any(|p| p == "smux_on") {
         (Mode::Mux, Some("smux_on"))
     } else if offered.iter().any(|p| p == "smux_off") {
@@ -53,7 +53,7 @@ pub fn choose_mode(offered: &[String], mux_default: bool) -> (Mode, Option<&'sta
 }
 
 /// Why a request to a known path is not a valid upgrade: the status and extra headers.
-pub fn check_upgrade(head: &RequestHead) -> Result<(), (u16, &'static str)> {
+pub(crate) fn check_upgrade(head: &RequestHead) -> Result<(), (u16, &'static str)> {
     if head.method != "GET" {
         return Err((405, "Allow: GET\r\n"));
     }
@@ -76,7 +76,7 @@ pub fn check_upgrade(head: &RequestHead) -> Result<(), (u16, &'static str)> {
 }
 
 /// Serves one accepted connection until it is done.
-pub async fn handle(mut transport: Transport, peer: Peer, ctx: Rc<Context>) {
+pub(crate) async fn handle(mut transport: Transport, peer: Peer, ctx: Rc<Context>) {
     let deadline = Instant::now() + ctx.settings.head_timeout;
     let (peer, early) = if ctx.settings.proxy_protocol {
         match Box::pin(heads::read_header(&mut transport, deadline)).await {

@@ -24,8 +24,12 @@ const BUFFER: usize = 16 * 1024;
 
 /// Relays `client` (after writing `already_read` to the site) and `site` until both
 /// directions have ended or nothing has moved for `idle_timeout`.
-pub async fn relay<S>(client: S, mut site: TcpStream, already_read: Vec<u8>, idle_timeout: Duration)
-where
+pub(crate) async fn relay<S>(
+    client: S,
+    mut site: TcpStream,
+    already_read: Vec<u8>,
+    idle_timeout: Duration,
+) where
     S: AsyncReadRent + AsyncWriteRent + Splitable,
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,

@@ -18,15 +18,15 @@ use std::time::Duration;
 use crate::control::registry::StatsTable;
 use crate::control::routes::RouteTable;
 
-pub mod client_side;
-pub mod connection;
-pub mod fallback;
-pub mod mux;
-pub mod plain;
+pub(crate) mod client_side;
+pub(crate) mod connection;
+pub(crate) mod fallback;
+pub(crate) mod mux;
+pub(crate) mod plain;
 
 /// What every connection needs to know, fixed at start-up.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Use smux for clients that offer no subprotocol (`-mux`).
     pub mux_default: bool,
     /// Close a plain tunnel or a mux stream after this long with no bytes (`-timeout`).
@@ -42,7 +42,7 @@ pub struct Settings {
 /// What a worker lends its connections: its view of the routes, its TLS configuration,
 /// its counters and the settings. One per worker, shared by that worker's tasks only (it
 /// is not `Send`); the worker changes it when the controller asks.
-pub struct Context {
+pub(crate) struct Context {
     /// This worker's copy of the routes, changed only by the controller's broadcasts.
     pub routes: RefCell<RouteTable>,
     /// The TLS acceptor, or `None` for plain HTTP behind a proxy; replaced when the

@@ -45,37 +45,37 @@ use crate::runtime::task::Budget;
 use crate::tunnel::client_side::{ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM};
 
 /// Most streams open at once in one session (upstream's limit).
-pub const MAX_STREAMS: usize = 16;
+pub(crate) const MAX_STREAMS: usize = 16;
 /// A NOP goes to the client this often.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// A session from which nothing arrived for this long is closed.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(70);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(70);
 /// Largest PSH payload we send (at most 65535). 32 KiB cost about 15 % less server CPU
 /// per GiB than upstream's 16 KiB and as little as 65535 (BENCHMARKS.md, "PSH frame
 /// size"), while a frame holds the connection's one writer half as long as 65535 would
 /// (other streams wait less) and a read buffer is half the size.
-pub const FRAME_PAYLOAD: usize = 32 * 1024;
+pub(crate) const FRAME_PAYLOAD: usize = 32 * 1024;
 /// Client bytes queued for one stream before the session stops reading the client.
-pub const STREAM_QUEUE: usize = 64 * 1024;
+pub(crate) const STREAM_QUEUE: usize = 64 * 1024;
 /// How long an ending session waits for frames already being written (and then for its
 /// close frame and shutdown) before it drops the connection.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// After the client's FIN and our shutdown of `dst`'s sending side, how long we keep
 /// reading (and dropping) what `dst` still sends before closing the socket. Closing a
 /// socket with unread bytes resets the connection, and a reset throws away the bytes
 /// still in our send queue: the client's last bytes would never reach `dst`.
-pub const LINGER: Duration = Duration::from_secs(5);
+pub(crate) const LINGER: Duration = Duration::from_secs(5);
 /// A FIN for a stream on which the client has sent nothing yet (refused, or its dial
 /// failed) waits until the client sends something on it, or this long after its SYN.
 /// xtaci/smux registers a stream only after its SYN is written, so a FIN that comes back
 /// at once can find no stream and be lost: the client's stream would hang. A PSH from the
 /// client proves the stream is registered (the client writes only once `OpenStream`
 /// returns).
-pub const FIN_HOLD: Duration = Duration::from_secs(1);
+pub(crate) const FIN_HOLD: Duration = Duration::from_secs(1);
 
 /// How a session ended, tagged with the side that ended it.
 #[derive(Debug, PartialEq, Eq)]
-pub enum SessionEnd {
+pub(crate) enum SessionEnd {
     /// The client sent a WebSocket close frame.
     ClientClosed,
     /// The client's connection ended cleanly (without a close frame).
@@ -226,7 +226,7 @@ impl<W: AsyncWriteRent> Session<W> {
 
 /// Runs a mux session on an upgraded client connection until it ends; every stream's
 /// `dst` connection is closed by then.
-pub async fn run<R, W>(
+pub(crate) async fn run<R, W>(
     mut reader: ClientReader<R>,
     writer: ClientWriter<W>,
     route: Route,

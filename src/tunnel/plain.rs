@@ -38,7 +38,7 @@ const LINGER: Duration = Duration::from_secs(5);
 
 /// How a tunnel ended, for logs and tests; the side that ended it is in the name.
 #[derive(Debug, PartialEq, Eq)]
-pub enum TunnelEnd {
+pub(crate) enum TunnelEnd {
     /// The client sent a close frame.
     ClientClosed,
     /// The client's connection ended cleanly without a close frame.
@@ -60,7 +60,7 @@ pub enum TunnelEnd {
 /// Runs a plain tunnel between a client (its frame reader and writer) and a connected
 /// `dst`, until either side ends it, it idles out (the worker's sweeper decides, from the
 /// ticket's activity), or the user is kicked. Bytes are counted on `ticket`.
-pub async fn run<R, W>(
+pub(crate) async fn run<R, W>(
     client: ClientReader<R>,
     writer: ClientWriter<W>,
     dst: TcpStream,
@@ -294,7 +294,7 @@ where
 
 /// Splits a client stream into a frame reader (starting with the bytes that came after the
 /// request head) and the shared frame writer.
-pub fn split_client<S>(
+pub(crate) fn split_client<S>(
     stream: S,
     early: Vec<u8>,
 ) -> (ClientReader<S::OwnedRead>, ClientWriter<S::OwnedWrite>)

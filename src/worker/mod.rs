@@ -35,7 +35,7 @@ use crate::tunnel::{self, Context};
 
 /// How a worker runs, fixed at start-up.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// What the worker's connections need (lent to them in their [`Context`]).
     pub tunnel: tunnel::Settings,
     /// After a shutdown signal, how long open connections may finish.
@@ -49,14 +49,14 @@ pub struct Settings {
 /// but beside heavy traffic a route change took 15 ms instead of under 1 ms, and a new
 /// tunnel 6 ms instead of 1.5: a busy epoll worker rarely returns to its event loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Driver {
+pub(crate) enum Driver {
     Epoll,
     IoUring,
 }
 
 /// The process-wide cap on concurrent data-port connections, shared by all workers: one
 /// atomic add per accepted connection, nothing per byte.
-pub struct ConnectionLimit {
+pub(crate) struct ConnectionLimit {
     /// Connections open now.
     open: AtomicUsize,
     /// Most allowed at once.
@@ -64,7 +64,7 @@ pub struct ConnectionLimit {
 }
 
 impl ConnectionLimit {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             open: AtomicUsize::new(0),
             max,
@@ -72,7 +72,7 @@ impl ConnectionLimit {
     }
 
     /// A place for one more connection, or `None` when all are taken.
-    pub fn acquire(self: &Arc<Self>) -> Option<Permit> {
+    pub(crate) fn acquire(self: &Arc<Self>) -> Option<Permit> {
         let previous = self.open.fetch_add(1, Ordering::Relaxed);
         if previous >= self.max {
             self.open.fetch_sub(1, Ordering::Relaxed);
@@ -83,7 +83,7 @@ impl ConnectionLimit {
 }
 
 /// One connection's place under the [`ConnectionLimit`]; freed when dropped.
-pub struct Permit(Arc<ConnectionLimit>);
+pub(crate) struct Permit(Arc<ConnectionLimit>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -157,7 +157,7 @@ impl Answer for Context {
 }
 
 /// What a worker thread is started with.
-pub struct WorkerSpec {
+pub(crate) struct WorkerSpec {
     pub index: usize,
     /// The core to pin to, if pinning is possible.
     pub cpu: Option<usize>,
@@ -177,7 +177,7 @@ pub struct WorkerSpec {
 }
 
 /// Starts a worker thread. It runs until the process exits.
-pub fn spawn(spec: WorkerSpec) -> io::Result<JoinHandle<()>> {
+pub(crate) fn spawn(spec: WorkerSpec) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("worker-{}", spec.index))
         .spawn(move || {
@@ -346,7 +346,7 @@ fn pin_to_cpu(cpu: usize) {
 }
 
 /// The CPUs this process may run on, in order.
-pub fn allowed_cpus() -> Vec<usize> {
+pub(crate) fn allowed_cpus() -> Vec<usize> {
     // SAFETY: as above; sched_getaffinity writes at most size_of::<cpu_set_t>() bytes.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

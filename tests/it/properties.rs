@@ -8,6 +8,8 @@
 //! Generated valid inputs are built by encoders written here, independent of the code under
 //! test, and must decode to exactly what was encoded however the input is cut into reads.
 
+// The fuzz crate's root: its items are `pub` for the fuzz targets, not for this binary.
+#[allow(unreachable_pub)]
 #[path = "../../fuzz/src/harness.rs"]
 mod harness;
 
