@@ -14,6 +14,14 @@ command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# Operating it as a service (tests/ops.rs): promtool (Debian's prometheus) checks /metrics
+# and the alert rules, headless Chromium the /status page, systemd-analyze the unit, man
+# the man page; adduser is what the package's postinst uses.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v man >/dev/null 2>&1 || need+=(man-db)
+command -v adduser >/dev/null 2>&1 || need+=(adduser)
 if ((${#need[@]})); then
     if [ "$(id -u)" = 0 ]; then
         echo "installing: ${need[*]}"
@@ -32,6 +40,18 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+
+# The Debian package, built once (one release build) for tests/ops.rs, which unpacks it,
+# verifies its unit and runs the packaged binary; under CI it also installs, removes and
+# purges it with dpkg.
+if ! command -v cargo-deb >/dev/null 2>&1; then
+    echo "installing: cargo-deb (crates.io)"
+    cargo install --locked --quiet cargo-deb
+fi
+MTT_DEB=$(cargo deb --strip --quiet | tail -n 1)
+[ -f "$MTT_DEB" ] || { echo "cargo deb made no package ($MTT_DEB)" >&2; exit 1; }
+export MTT_DEB
+echo "package: $MTT_DEB"
 # The wire formats (src/proto) and flags (src/config) build without monoio: no I/O there.
 cargo check --lib --no-default-features
 cargo test --workspace --no-fail-fast

@@ -16,6 +16,8 @@
 //!
 //! - [`server`] (start-up: binds every listener, starts workers and the controller) and
 //!   `main.rs` (argv, logging, exit codes).
+//! - [`logging`]: how log lines are written (text, or JSON with side, user and client
+//!   fields; no timestamp of our own under systemd's journal).
 //! - [`config`]: argv in Go's flag syntax to a [`config::Config`], every flag described once
 //!   in one table that also drives the usage text; Go durations, listen addresses.
 //! - `worker/`: one thread per core: runtime, accept loop, connection cap, draining, the
@@ -34,6 +36,8 @@
 //! is `pub(crate)`.
 
 pub mod config;
+#[cfg(feature = "runtime")]
+pub mod logging;
 pub mod proto;
 #[cfg(feature = "runtime")]
 pub mod server;

@@ -1,47 +1,13 @@
-//! The `mtt-mu-server` binary: Go-style flags, logging, start, exit codes.
+//! The `mtt-mu-server` binary: Go-style flags, logging (set up by [`mtt_mu_server::logging`]),
+//! start, exit codes.
 //!
 //! Exit status: 0 after `-h` and after a graceful shutdown (SIGTERM or SIGINT); 2 for a
 //! bad flag or value (as Go's `flag` package); 1 when the server cannot start (bad
 //! certificate, address in use), with a message naming the file or address, or when a
 //! second signal cuts the drain short.
 
-use std::io::Write;
-
 use mtt_mu_server::config::{self, ArgsError};
 use mtt_mu_server::server;
-
-/// Logs to standard error with a UTC timestamp, the level and the thread (worker) name.
-struct StderrLog {
-    level: log::LevelFilter,
-}
-
-impl log::Log for StderrLog {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= self.level && metadata.target().starts_with("mtt_mu_server")
-    }
-
-    fn log(&self, record: &log::Record) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let thread = std::thread::current();
-        let line = format!(
-            "{}.{:03} {:<5} [{}] {}\n",
-            now.as_secs(),
-            now.subsec_millis(),
-            record.level(),
-            thread.name().unwrap_or("main"),
-            record.args()
-        );
-        // A failed write to stderr has nowhere to be reported.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
-
-    fn flush(&self) {}
-}
 
 /// Lets the process open as many sockets as its hard limit allows.
 fn raise_fd_limit() {
@@ -75,14 +41,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let level = if config.verbose {
-        log::LevelFilter::Debug
-    } else {
-        log::LevelFilter::Warn
-    };
-    // Only fails if a logger is already set, which nothing else does.
-    let _ = log::set_logger(Box::leak(Box::new(StderrLog { level })));
-    log::set_max_level(level);
+    mtt_mu_server::logging::install(config.verbose, config.log_format);
     raise_fd_limit();
     match server::start(config) {
         Ok(running) => std::process::exit(running.serve_until_signal()),

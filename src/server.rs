@@ -12,6 +12,7 @@ use crate::config::{self, Config, Secret, TlsMode};
 use crate::control::broadcast::{self, Request, WorkerLink};
 use crate::control::controller::{Controller, Options};
 use crate::control::state::StateFile;
+use crate::control::status::ServerFacts;
 use crate::net::listen;
 use crate::net::tls;
 use crate::runtime::doorbell::Doorbell;
@@ -36,6 +37,8 @@ pub struct Running {
     cert_check: Duration,
     /// Every worker, to hand a reloaded certificate to.
     links: Vec<WorkerLink>,
+    /// Shared with the controller: a reload updates the certificate's expiry there.
+    facts: Arc<ServerFacts>,
 }
 
 impl Running {
@@ -90,6 +93,7 @@ impl Running {
             None => {}
             Some(Ok(config)) => {
                 broadcast::ask_all(&self.links, Request::Tls(config));
+                self.facts.set_certificate_expiry(files.not_after());
                 log::warn!(
                     "certificate reloaded: new handshakes use it, open tunnels are untouched"
                 );
@@ -185,9 +189,11 @@ fn default_max_conns() -> usize {
 /// Starts the server. Every error names the file, address or flag involved.
 pub fn start(config: Config) -> Result<Running, String> {
     let mut cert_files = None;
+    let mut certificate_expiry = None;
     let tls_config = match &config.tls {
         TlsMode::Files { cert, key } => {
             let (files, tls_config) = tls::CertFiles::load(cert, key)?;
+            certificate_expiry = files.not_after();
             cert_files = Some(files);
             Some(tls_config)
         }
@@ -195,7 +201,9 @@ pub fn start(config: Config) -> Result<Running, String> {
             log::warn!(
                 "no -cert/-key given: listening TLS with a self-signed certificate for {name:?}; clients must skip verification"
             );
-            Some(tls::self_signed(name)?)
+            let (tls_config, expiry) = tls::self_signed_with_expiry(name)?;
+            certificate_expiry = expiry;
+            Some(tls_config)
         }
         TlsMode::Plain => None,
     };
@@ -284,6 +292,24 @@ pub fn start(config: Config) -> Result<Running, String> {
         links.push(link);
         inboxes.push(inbox);
     }
+    let mode = match &config.tls {
+        TlsMode::Files { .. } => "tls",
+        TlsMode::SelfSigned { .. } => "tls-self-signed",
+        TlsMode::Plain => "plain",
+    };
+    let facts = Arc::new(ServerFacts {
+        driver: match (config.io_uring, monoio::utils::detect_uring()) {
+            (true, true) => "io_uring",
+            (true, false) => "epoll(io_uring-unavailable)",
+            (false, _) => "epoll",
+        }
+        .to_string(),
+        workers: config.workers,
+        mode,
+        started: std::time::SystemTime::now(),
+        certificate_expiry: Default::default(),
+    });
+    facts.set_certificate_expiry(certificate_expiry);
     // The controller queues the restored users to every worker before any worker starts,
     // so they route from the first connection.
     let users = initial_users.len();
@@ -294,6 +320,7 @@ pub fn start(config: Config) -> Result<Running, String> {
             state,
             initial_users,
             per_user_metrics: config.metrics_per_user,
+            facts: Some(Arc::clone(&facts)),
         },
     );
     for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
@@ -334,27 +361,18 @@ pub fn start(config: Config) -> Result<Running, String> {
         })
         .map_err(|e| format!("starting the controller: {e}"))?;
 
-    let mode = match &config.tls {
-        TlsMode::Files { .. } => "tls",
-        TlsMode::SelfSigned { .. } => "tls-self-signed",
-        TlsMode::Plain => "plain",
-    };
     let data = match (&data_addr, &config.bind_unix) {
         (Some(addr), Some(path)) => format!("{addr} data_unix={path}"),
         (Some(addr), None) => addr.to_string(),
         (None, Some(path)) => format!("none data_unix={path}"),
         (None, None) => "none".to_string(),
     };
-    eprintln!(
-        "mtt-mu-server ready: data={data} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns} users={users} driver={}",
-        config.workers,
-        config.mux,
-        config.timeout,
-        match (config.io_uring, monoio::utils::detect_uring()) {
-            (true, true) => "io_uring",
-            (true, false) => "epoll(io_uring-unavailable)",
-            (false, _) => "epoll",
-        }
+    crate::logging::ready_line(
+        config.log_format,
+        &format!(
+            "mtt-mu-server ready: data={data} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns} users={users} driver={}",
+            config.workers, config.mux, config.timeout, facts.driver
+        ),
     );
     Ok(Running {
         data_addr,
@@ -365,5 +383,6 @@ pub fn start(config: Config) -> Result<Running, String> {
         cert_files,
         cert_check: config.cert_check,
         links,
+        facts,
     })
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::addr::{parse_port, split_host_port};
 use super::duration::parse_signed_duration;
-use super::{default_workers, Draft, DEFAULT_SERVER_NAME, MAX_WORKERS};
+use super::{default_workers, Draft, LogFormat, DEFAULT_SERVER_NAME, MAX_WORKERS};
 
 /// One flag as Go's `flag` package would define it, with everything the server does with it.
 pub(super) struct Flag {
@@ -195,6 +195,26 @@ pub(super) const FLAGS: &[Flag] = &[
             store: |d, on| d.config.verbose = on,
         },
         help: "debug logging",
+    },
+    Flag {
+        names: &["log-format"],
+        kind: Kind::Value {
+            placeholder: "text|json",
+            default: DefaultValue::Text("text"),
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.config.log_format = match v {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err("text or json".to_string()),
+                };
+                Ok(())
+            },
+        },
+        help: "log lines as text, or one JSON object a line (time, level, side, user,\n\
+               client, event) for log shippers (default {default}); under systemd the\n\
+               text has no timestamp of its own: the journal adds one",
     },
     Flag {
         names: &["workers"],

@@ -50,6 +50,8 @@ pub struct Config {
     pub timeout: Duration,
     /// -verbose: debug logging
     pub verbose: bool,
+    /// -log-format text|json: how log lines are written (default text).
+    pub log_format: LogFormat,
     /// -max-conns N: most concurrent data-port connections; further ones are accepted and
     /// closed at once. 0 (the default) derives it from the file descriptor limit.
     pub max_conns: usize,
@@ -83,6 +85,15 @@ pub struct Config {
     /// -workers N (default: the number of CPUs this process may run on:
     /// std::thread::available_parallelism, at least 1); 1..=1024
     pub workers: usize,
+}
+
+/// How log lines are written (-log-format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of text a record (the default).
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
 }
 
 /// Where the controller's secret comes from; a file is read at start-up.
@@ -242,6 +253,7 @@ impl Draft {
                 tls: TlsMode::Plain,
                 timeout: Duration::ZERO,
                 verbose: false,
+                log_format: LogFormat::Text,
                 max_conns: 0,
                 head_timeout: Duration::ZERO,
                 grace: Duration::ZERO,

@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
@@ -25,6 +26,7 @@ pub use crate::control::command::{parse_command, valid_dst, Command, CommandErro
 use crate::control::registry::UserTotals;
 use crate::control::routes::{Route, RouteChange, RouteTable};
 use crate::control::state::StateFile;
+use crate::control::status::{self, ServerFacts, Throughput};
 use crate::net::heads;
 use crate::proto::http::{self, HeadError, RequestHead};
 
@@ -71,6 +73,9 @@ pub struct Options {
     pub initial_users: Vec<(String, String)>,
     /// Per-user series on `/metrics`.
     pub per_user_metrics: bool,
+    /// What start-up knows (driver, workers, certificate expiry), for `/status` and
+    /// `/metrics`.
+    pub facts: Option<Arc<ServerFacts>>,
 }
 
 /// The authoritative table and the workers that copy it.
@@ -86,6 +91,10 @@ pub struct Controller {
     changes: u64,
     /// From a whole command to every worker having its change.
     change_latency: crate::control::metrics::Histogram,
+    /// Start-up's facts, for `/status` and `/metrics`.
+    facts: Option<Arc<ServerFacts>>,
+    /// The last minutes of throughput, for the chart of `/status`.
+    throughput: Throughput,
 }
 
 fn boxed(paths: Vec<String>) -> Vec<Box<str>> {
@@ -104,6 +113,8 @@ impl Controller {
             per_user_metrics: options.per_user_metrics,
             changes: 0,
             change_latency: Default::default(),
+            facts: options.facts,
+            throughput: Throughput::default(),
         };
         if !options.initial_users.is_empty() {
             let change = RouteChange::Upsert(
@@ -245,12 +256,69 @@ impl Controller {
             };
             sum_totals(broadcast::ask_all(&self.workers, request))
         });
-        crate::control::metrics::render(
+        let mut page = crate::control::metrics::render(
             self.table.len(),
             &self.change_latency,
             &snapshots,
             per_user.as_deref(),
-        )
+        );
+        if let Some(facts) = &self.facts {
+            page.push_str(&status::process_metrics(facts));
+        }
+        page
+    }
+
+    /// Samples the workers' byte totals for the throughput chart of `/status`.
+    pub fn sample_throughput(&mut self) {
+        let snapshots: Vec<_> = broadcast::ask_all(&self.workers, Request::Metrics)
+            .into_iter()
+            .filter_map(|r| match r {
+                Some(WorkerReply::Metrics(m)) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let (up, down) = status::byte_totals(&snapshots);
+        let now = status::unix_ms(std::time::SystemTime::now());
+        self.throughput.record(now, up, down);
+    }
+
+    /// Answers `GET /status` or `/status.json` (see [`status`]): behind the secret, which
+    /// a browser may give as the password of HTTP Basic authentication.
+    /// Returns the response and whether the connection stays open.
+    fn status_response(&self, resource: status::Resource, head: &RequestHead) -> (Vec<u8>, bool) {
+        // A GET with a body: the body is unread, so the connection cannot go on.
+        let keep_alive = head.keep_alive() && head.content_length.unwrap_or(0) == 0;
+        let with_body = head.method != "HEAD";
+        let basic = status::basic_password(head.authorization.as_deref());
+        let basic_ok = basic.is_some_and(|given| Some(given.as_str()) == self.secret.as_deref());
+        if !basic_ok && !self.authorized(head) {
+            let body = "unauthorized: the password is the controller's -secret\n";
+            let response =
+                status::response(401, "text/plain; charset=utf-8", body, false, with_body);
+            return (response, false);
+        }
+        let query = match &resource {
+            status::Resource::Page(q) | status::Resource::Json(q) => q,
+        };
+        let request = Request::Stats {
+            paths: None,
+            reset: false,
+        };
+        let totals = sum_totals(broadcast::ask_all(&self.workers, request));
+        let snapshot = status::snapshot(
+            self.facts.as_deref(),
+            &self.table,
+            &totals,
+            &self.throughput,
+            query,
+            std::time::SystemTime::now(),
+        );
+        let (content_type, body) = match resource {
+            status::Resource::Page(_) => ("text/html; charset=utf-8", status::page(&snapshot)),
+            status::Resource::Json(_) => ("application/json", snapshot.to_string()),
+        };
+        let response = status::response(200, content_type, &body, keep_alive, with_body);
+        (response, keep_alive)
     }
 
     /// Whether a request may be served: always without a secret, else only with it.
@@ -321,6 +389,13 @@ pub fn run(
         let listener = TcpListener::from_std(listener)?;
         let controller = Rc::new(RefCell::new(controller));
         let open = Rc::new(Cell::new(0usize));
+        let sampled = Rc::clone(&controller);
+        crate::runtime::task::spawn_contained(async move {
+            loop {
+                sampled.borrow_mut().sample_throughput();
+                monoio::time::sleep(status::SAMPLE_EVERY).await;
+            }
+        });
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
@@ -372,6 +447,14 @@ async fn serve(
             }
         };
         buf.drain(..head_len);
+        if let Some(resource) = status::Resource::of(&head) {
+            let (response, keep_alive) = controller.borrow().status_response(resource, &head);
+            if stream.write_all(response).await.0.is_err() || !keep_alive {
+                return;
+            }
+            deadline = Instant::now() + KEEP_ALIVE_IDLE;
+            continue;
+        }
         let refuse = |status: u16, why: String| (status, controller.borrow().error(why));
         let refusal = if !controller.borrow().authorized(&head) {
             log::warn!("controller {peer}: refused: missing or wrong secret");

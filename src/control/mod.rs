@@ -12,6 +12,8 @@
 //!   bytes, kicking users, sweeping idle plain tunnels.
 //! - [`state`]: durable users (`-state FILE`): a log of changes with compaction.
 //! - [`metrics`]: the Prometheus text format of `/metrics`.
+//! - [`status`]: the operator's `GET /status` page and `/status.json`, and the process
+//!   facts (descriptors, certificate expiry) `/metrics` adds.
 
 pub(crate) mod broadcast;
 pub(crate) mod command;
@@ -20,3 +22,4 @@ pub(crate) mod metrics;
 pub(crate) mod registry;
 pub mod routes;
 pub(crate) mod state;
+pub(crate) mod status;

@@ -8,9 +8,11 @@
 //!   unix sockets).
 //! - [`dial`]: connecting to a destination within a bound.
 //! - [`heads`]: reading a PROXY header or an HTTP request head, bounded in size and time.
+//! - [`certificate`]: a certificate's expiry (`notAfter`), read from its DER.
 //! - [`tls`]: the rustls configuration (files or self-signed), ALPN, resumption, reload.
 //! - [`tls_stream`]: the handshake, then our own TLS 1.3 record layer (rustls for TLS 1.2).
 
+pub(crate) mod certificate;
 pub(crate) mod dial;
 pub(crate) mod heads;
 pub(crate) mod listen;

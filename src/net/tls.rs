@@ -80,6 +80,17 @@ impl CertFiles {
     }
 }
 
+impl CertFiles {
+    /// When the leaf (first) certificate of the files last loaded expires, in Unix
+    /// seconds; `None` if it cannot be read.
+    pub(crate) fn not_after(&self) -> Option<i64> {
+        let leaf = CertificateDer::pem_slice_iter(&self.loaded.0)
+            .next()?
+            .ok()?;
+        crate::net::certificate::not_after(&leaf)
+    }
+}
+
 fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
     let cert_pem =
         std::fs::read(cert).map_err(|e| format!("certificate file {}: {e}", cert.display()))?;
@@ -114,14 +125,17 @@ fn from_pem(
 }
 
 /// Generates an ECDSA P-256 self-signed certificate for `name` and builds the server
-/// configuration around it.
-pub(crate) fn self_signed(name: &str) -> Result<Arc<ServerConfig>, String> {
+/// configuration around it; also returns the certificate's expiry (Unix seconds).
+pub(crate) fn self_signed_with_expiry(
+    name: &str,
+) -> Result<(Arc<ServerConfig>, Option<i64>), String> {
     let generated = rcgen::generate_simple_self_signed(vec![name.to_string()])
         .map_err(|e| format!("generating a self-signed certificate for {name}: {e}"))?;
+    let expiry = crate::net::certificate::not_after(generated.cert.der());
     let chain = vec![generated.cert.der().clone()];
     let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der())
         .map_err(|e| format!("self-signed key: {e}"))?;
-    build(chain, key, &Resumption::new()?)
+    Ok((build(chain, key, &Resumption::new()?)?, expiry))
 }
 
 fn build(
