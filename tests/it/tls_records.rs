@@ -66,11 +66,12 @@ fn tunnel(suite: SupportedCipherSuite) -> (Server, RecordClient, TcpStream) {
     (server, client, backend)
 }
 
-/// Sends `records` into an open tunnel; the server must answer with this alert and
-/// reset `dst`.
-fn assert_refused(records: &[u8], description: u8) {
+/// Sends the records `make` crafts into an open tunnel; the server must answer with this
+/// fatal alert, end the connection, and reset `dst`, which got nothing more.
+fn assert_refused(description: u8, make: impl FnOnce(&mut RecordClient) -> Vec<u8>) {
     let (_server, mut client, mut backend) = tunnel(AES_128);
-    client.send(records);
+    let records = make(&mut client);
+    client.send(&records);
     client.expect_alert_then_end(description);
     assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Reset));
 }
@@ -80,13 +81,12 @@ fn assert_refused(records: &[u8], description: u8) {
 
 #[test]
 fn a_bad_tag_gets_bad_record_mac_and_dst_is_reset() {
-    let (_server, mut client, mut backend) = tunnel(AES_128);
-    let mut record = client.record(APPLICATION_DATA, &binary(b"forged"));
-    let last = record.len() - 1;
-    record[last] ^= 1;
-    client.send(&record);
-    client.expect_alert_then_end(alert::BAD_RECORD_MAC);
-    assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Reset));
+    assert_refused(alert::BAD_RECORD_MAC, |client| {
+        let mut record = client.record(APPLICATION_DATA, &binary(b"forged"));
+        let last = record.len() - 1;
+        record[last] ^= 1;
+        record
+    });
 }
 
 #[test]
@@ -96,29 +96,23 @@ fn a_record_longer_than_the_ciphertext_limit_gets_record_overflow() {
     let mut records = vec![APPLICATION_DATA, 3, 3];
     records.extend_from_slice(&len.to_be_bytes());
     records.extend_from_slice(&[0u8; 100]);
-    assert_refused(&records, alert::RECORD_OVERFLOW);
+    assert_refused(alert::RECORD_OVERFLOW, |_| records);
 }
 
 #[test]
 fn content_of_two_to_the_14_plus_1_bytes_gets_record_overflow() {
-    let (_server, mut client, mut backend) = tunnel(AES_128);
-    let record = client.record(APPLICATION_DATA, &vec![0x55; 16385]);
-    client.send(&record);
-    client.expect_alert_then_end(alert::RECORD_OVERFLOW);
-    assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Reset));
+    assert_refused(alert::RECORD_OVERFLOW, |client| {
+        client.record(APPLICATION_DATA, &vec![0x55; MAX_PLAINTEXT + 1])
+    });
 }
 
 #[test]
 fn padding_past_the_inner_plaintext_limit_gets_record_overflow() {
-    let (_server, mut client, mut backend) = tunnel(AES_128);
     // Ten bytes of content, then padding: 2^14 + 2 bytes of TLSInnerPlaintext in all.
     let mut inner = binary(b"tiny");
     inner.push(APPLICATION_DATA);
     inner.resize(MAX_PLAINTEXT + 2, 0);
-    let record = client.seal_inner(&inner);
-    client.send(&record);
-    client.expect_alert_then_end(alert::RECORD_OVERFLOW);
-    assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Reset));
+    assert_refused(alert::RECORD_OVERFLOW, |client| client.seal_inner(&inner));
 }
 
 #[test]
@@ -137,50 +131,38 @@ fn padding_up_to_the_limit_is_accepted() {
 
 #[test]
 fn all_zero_and_unknown_content_types_get_unexpected_message() {
-    let (_server, mut client, mut backend) = tunnel(AES_128);
-    let record = client.seal_inner(&[0, 0, 0, 0]);
-    client.send(&record);
-    client.expect_alert_then_end(alert::UNEXPECTED_MESSAGE);
-    assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Reset));
-
-    let (_server, mut client, mut backend) = tunnel(AES_128);
-    let record = client.record(99, b"what is this");
-    client.send(&record);
-    client.expect_alert_then_end(alert::UNEXPECTED_MESSAGE);
-    assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Reset));
+    assert_refused(alert::UNEXPECTED_MESSAGE, |client| {
+        client.seal_inner(&[0, 0, 0, 0])
+    });
+    assert_refused(alert::UNEXPECTED_MESSAGE, |client| {
+        client.record(99, b"what is this")
+    });
 }
 
 #[test]
 fn change_cipher_spec_after_finished_gets_unexpected_message() {
-    assert_refused(
-        &[CHANGE_CIPHER_SPEC, 3, 3, 0, 1, 1],
-        alert::UNEXPECTED_MESSAGE,
-    );
+    assert_refused(alert::UNEXPECTED_MESSAGE, |_| {
+        vec![CHANGE_CIPHER_SPEC, 3, 3, 0, 1, 1]
+    });
     // And inside a protected record too.
-    let (_server, mut client, mut backend) = tunnel(AES_128);
-    let record = client.record(CHANGE_CIPHER_SPEC, &[1]);
-    client.send(&record);
-    client.expect_alert_then_end(alert::UNEXPECTED_MESSAGE);
-    assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Reset));
+    assert_refused(alert::UNEXPECTED_MESSAGE, |client| {
+        client.record(CHANGE_CIPHER_SPEC, &[1])
+    });
 }
 
 #[test]
 fn a_handshake_message_other_than_key_update_gets_unexpected_message() {
-    let (_server, mut client, mut backend) = tunnel(AES_128);
     // A ClientHello-typed message after the handshake.
-    let record = client.record(HANDSHAKE, &[1, 0, 0, 2, 3, 3]);
-    client.send(&record);
-    client.expect_alert_then_end(alert::UNEXPECTED_MESSAGE);
-    assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Reset));
+    assert_refused(alert::UNEXPECTED_MESSAGE, |client| {
+        client.record(HANDSHAKE, &[1, 0, 0, 2, 3, 3])
+    });
 }
 
 #[test]
 fn a_key_update_of_the_wrong_length_gets_decode_error() {
-    let (_server, mut client, mut backend) = tunnel(AES_128);
-    let record = client.record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 2, 0, 0]);
-    client.send(&record);
-    client.expect_alert_then_end(alert::DECODE_ERROR);
-    assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Reset));
+    assert_refused(alert::DECODE_ERROR, |client| {
+        client.record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 2, 0, 0])
+    });
 }
 
 #[test]
@@ -397,14 +379,11 @@ fn many_key_updates_in_a_row_are_followed_and_answered_once() {
     assert_eq!(payload, b"after many");
 
     // One more than that without data between is a flood.
-    let (_server, mut client, mut backend) = tunnel(AES_128);
-    let mut updates = Vec::new();
-    for _ in 0..=MAX_RECORDS_WITHOUT_DATA {
-        updates.extend(client.key_update(false));
-    }
-    client.send(&updates);
-    client.expect_alert_then_end(alert::UNEXPECTED_MESSAGE);
-    assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Reset));
+    assert_refused(alert::UNEXPECTED_MESSAGE, |client| {
+        (0..=MAX_RECORDS_WITHOUT_DATA)
+            .flat_map(|_| client.key_update(false))
+            .collect()
+    });
 }
 
 #[test]
