@@ -65,7 +65,7 @@ const MAX_SECRET: usize = 48;
 ///
 /// Debug builds, which is what `cargo test` runs, update every 2^10 records instead:
 /// every integration test that moves more than a few MiB then crosses a key update (with
-/// rustls, Go, OpenSSL and curl as the peer), and `tests/tls_records.rs` pushes a tunnel
+/// rustls, Go, OpenSSL and curl as the peer), and `tests/it/tls_records.rs` pushes a tunnel
 /// past it on purpose. Release builds use the real figure.
 pub const KEY_UPDATE_AFTER: u64 = if cfg!(debug_assertions) {
     1 << 10

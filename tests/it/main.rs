@@ -17,6 +17,8 @@
 //! - [`edge`]: real peers at the edge: nginx, HAProxy, unix sockets, TCP Fast Open.
 //! - [`hostile`]: hostile clients and failing destinations.
 //! - [`properties`]: property tests of the codecs that read hostile input.
+//! - [`tls_records`]: the TLS 1.3 record layer, record by record: alerts, KeyUpdate,
+//!   truncation, and rustls and OpenSSL as peers.
 //! - [`soak`]: the short soak of CI.
 
 mod controller;
@@ -29,4 +31,5 @@ mod properties;
 mod shutdown;
 mod soak;
 mod startup;
+mod tls_records;
 mod tunnel;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::rng::pattern;
+use crate::server::WAIT;
 use crate::sock::wait_until;
 
 /// A backend that echoes every connection until EOF, then closes.
@@ -56,6 +57,16 @@ pub fn capture_backend() -> (SocketAddr, std::sync::mpsc::Receiver<TcpStream>) {
         let _ = tx.lock().unwrap().send(stream);
     });
     (addr, rx)
+}
+
+/// The next connection a [`capture_backend`] accepted, within [`WAIT`], with the [`WAIT`]
+/// read timeout set. Panics if the server dialed none.
+pub fn next_captured(accepted: &mpsc::Receiver<TcpStream>) -> TcpStream {
+    let stream = accepted
+        .recv_timeout(WAIT)
+        .expect("the server dialed the capture backend");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
 }
 
 /// An echo backend that counts the connections it accepted.

@@ -13,6 +13,8 @@
 //! - [`procfs`]: a process's RSS, descriptors and CPU time from `/proc`; our fd limit.
 //! - [`tls`]: the TLS client (rustls, ring) that accepts the server's self-signed
 //!   certificate, and [`tls::Transport`], a connection that is plain TCP or TLS.
+//! - [`records`]: a TLS 1.3 client that writes and reads the records a test chooses
+//!   (rustls for the handshake and key updates, ring for the records).
 //! - [`ws`]: RFC 6455 client framing (masked frames out, server frames in) and the upgrade.
 //! - [`smux`]: xtaci/smux v1 framing inside the WebSocket byte stream, both ways.
 //! - [`http`]: raw HTTP/1.1 requests and responses, for the data port and the controller.
@@ -30,6 +32,7 @@ pub mod gopeer;
 pub mod hostile;
 pub mod http;
 pub mod procfs;
+pub mod records;
 pub mod rng;
 pub mod server;
 pub mod smux;

@@ -51,6 +51,36 @@ pub fn read_to_close<S: Read>(s: &mut S) -> Vec<u8> {
     }
 }
 
+/// How the peer ended a connection that [`read_to_ending`] read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// A FIN: the peer closed it cleanly.
+    Fin,
+    /// An RST: the peer aborted it.
+    Reset,
+}
+
+/// Reads `s` to its end: the bytes, and whether it ended with a FIN or an RST (what tells a
+/// `dst` that the server closed cleanly from one it aborted). Panics on any other error,
+/// the read timeout included.
+pub fn read_to_ending<S: Read>(s: &mut S) -> (Vec<u8>, Ending) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, Ending::Fin),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return (got, Ending::Reset),
+            Err(e) => panic!(
+                "read failed: {e} after {} bytes: {:?}",
+                got.len(),
+                lossy(&got)
+            ),
+        }
+    }
+}
+
 /// Asserts the server closes `s` within `bound`; returns what it sent before.
 pub fn expect_closed<S: Read>(s: &mut S, bound: Duration) -> Vec<u8> {
     let start = Instant::now();
