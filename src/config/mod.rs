@@ -8,7 +8,7 @@
 //! last repeat of a flag wins, `-h` asks for help), then storing each flag's value or
 //! default in table order into a draft, which the rules that tie flags together (-cert
 //! with -key, -secret against -secret-file) turn into a [`Config`]. The first pass alone is
-//! public ([`read_go_syntax`], with [`flag_syntax`]) so that `tests/goflag.rs` can compare
+//! public ([`read_go_syntax`], with [`flag_syntax`]) so that `tests/it/goflag.rs` can compare
 //! it with Go's own `flag` package. The folder also owns
 //! the usage text (`usage.rs`), Go's duration syntax ([`parse_go_duration`]) and Go's
 //! listen address syntax ([`listen_addr`]). It does not read certificate, key or secret

@@ -673,7 +673,7 @@ fn usage_states_the_worker_limit() {
     assert!(text.contains(&workers), "{text}");
 }
 
-/// The Go-syntax pass alone (what tests/goflag.rs compares with Go's `flag` package): the
+/// The Go-syntax pass alone (what tests/it/goflag.rs compares with Go's `flag` package): the
 /// arguments after the flags are returned, not refused; values are not checked.
 #[test]
 fn go_syntax_pass_returns_the_rest_and_checks_no_values() {

@@ -1,4 +1,4 @@
-// Command goflag reads argv lists with Go's own flag package, for tests/goflag.rs to
+// Command goflag reads argv lists with Go's own flag package, for tests/it/goflag.rs to
 // compare with the server's reader. Standard library only.
 //
 // Stdin: first one JSON line describing the flags,
