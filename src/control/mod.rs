@@ -5,18 +5,23 @@
 //! - [`controller`]: the control API on its own thread: authoritative table, HTTP, auth,
 //!   `/metrics`, certificate reload.
 //! - [`command`]: parsing and validating the controller's JSON commands.
+//! - [`policy`]: per-user limits (speed, devices, connections, quota, expiry) and the state
+//!   a limited user shares across workers.
 //! - [`routes`]: the route table (one thin shared block per user) and the changes made to it.
 //! - [`broadcast`]: requests from the controller to every worker (route changes, counters,
 //!   kicks, metrics) and their answers.
 //! - [`registry`]: a worker's registry of open tunnels and per-user counters: counting
 //!   bytes, kicking users, sweeping idle plain tunnels.
+//! - [`billing`]: the ledger of counts panels have not acknowledged (opt 7 and 8).
 //! - [`state`]: durable users (`-state FILE`): a log of changes with compaction.
 //! - [`metrics`]: the Prometheus text format of `/metrics`.
 
+pub mod billing;
 pub mod broadcast;
 pub mod command;
 pub mod controller;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod routes;
 pub mod state;
