@@ -587,3 +587,71 @@ fn billing_loses_nothing_when_a_reply_is_lost_or_the_server_restarts() {
     drop(server);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// An smux v1 frame header (ver 1) with its payload.
+fn smux_frame(cmd: u8, sid: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![1, cmd];
+    frame.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+    frame.extend_from_slice(&sid.to_le_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[test]
+fn mux_sessions_are_counted_shaped_and_cut_like_plain_tunnels() {
+    let server = Server::plain();
+    let (dst, _up) = full_duplex_backend();
+    add_user(
+        &server,
+        "/mux",
+        dst,
+        json!({"conn_limit": 1, "speed_limit": MIB}),
+    );
+    let mut session = connect_from(server.data, 1);
+    let (status, _) = raw_upgrade(&mut session, "/mux", "Sec-WebSocket-Protocol: smux_on\r\n");
+    assert_eq!(status, 101);
+    // A session is one connection: a second is refused.
+    let (status, _) = raw_upgrade(
+        &mut connect_from(server.data, 1),
+        "/mux",
+        "Sec-WebSocket-Protocol: smux_on\r\n",
+    );
+    assert_eq!(status, 404);
+    // Two streams from the backend that sends without pause share the user's limit.
+    let mut syns = smux_frame(0, 1, &[]);
+    syns.extend(smux_frame(0, 3, &[]));
+    session.write_all(&masked_frame(true, 0x2, &syns)).unwrap();
+    let down = Arc::new(AtomicU64::new(0));
+    let close = Arc::new(AtomicU64::new(0));
+    {
+        let (down, close) = (Arc::clone(&down), Arc::clone(&close));
+        let reader = session.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::with_capacity(256 * 1024, reader);
+            while let Ok((_, opcode, payload)) = read_frame(&mut reader) {
+                if opcode == 0x8 && payload.len() >= 2 {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    close.store(u64::from(code), Ordering::Relaxed);
+                    return;
+                }
+                down.fetch_add(payload.len() as u64, Ordering::Relaxed);
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = down.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(4));
+    let rate = (down.load(Ordering::Relaxed) - before) as f64 / 4.0;
+    assert_rate("mux session, down", rate, MIB);
+    // A quota given now cuts the session once it is used.
+    add_user(
+        &server,
+        "/mux",
+        dst,
+        json!({"conn_limit": 1, "speed_limit": MIB, "quota": MIB / 2}),
+    );
+    eventually("the session to be closed", || {
+        close.load(Ordering::Relaxed) != 0
+    });
+    assert_eq!(close.load(Ordering::Relaxed), 1008);
+}
