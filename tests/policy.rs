@@ -52,7 +52,10 @@ fn connect_from(addr: SocketAddr, last: u8) -> TcpStream {
             bound == 0 && libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) == 0;
         if !connected {
             libc::close(fd);
-            panic!("connect from 127.0.0.{last}: {}", std::io::Error::last_os_error());
+            panic!(
+                "connect from 127.0.0.{last}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         let stream = TcpStream::from_raw_fd(fd);
         stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -104,7 +107,13 @@ fn closed_with(stream: &mut TcpStream, code: u16) -> bool {
 /// Traffic both ways through `tunnels` tunnels of `path` for `secs` seconds after a
 /// second's warm-up (which spends the bucket's initial burst): bytes per second up (as
 /// `dst` received them) and down (as the clients received them).
-fn measure(server: &Server, path: &str, dst_up: &Arc<AtomicU64>, tunnels: usize, secs: u64) -> (f64, f64) {
+fn measure(
+    server: &Server,
+    path: &str,
+    dst_up: &Arc<AtomicU64>,
+    tunnels: usize,
+    secs: u64,
+) -> (f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let down = Arc::new(AtomicU64::new(0));
     let mut streams = Vec::new();
@@ -230,7 +239,10 @@ fn limits_changed_apply_to_open_tunnels_without_reconnecting() {
     let before = down.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(1));
     let unlimited = down.load(Ordering::Relaxed) - before;
-    assert!(unlimited > 4 * MIB, "unlimited tunnel moved only {unlimited} B/s");
+    assert!(
+        unlimited > 4 * MIB,
+        "unlimited tunnel moved only {unlimited} B/s"
+    );
     add_user(&server, "/change", dst, json!({"speed_limit": MIB}));
     // Within a second the open tunnel is shaped (its burst spent by then, too).
     std::thread::sleep(Duration::from_secs(2));
@@ -344,7 +356,12 @@ fn device_limit_is_exact_under_concurrent_opens_across_workers() {
         .collect();
     let results: Vec<(u16, TcpStream)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let admitted = results.iter().filter(|(s, _)| *s == 101).count();
-    assert_eq!(admitted, 2, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert_eq!(
+        admitted,
+        2,
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -425,7 +442,11 @@ fn delete_and_sync_with_kick_close_the_removed_users_tunnels() {
     let (_, mut synced) = open(&server, "/sync-kick");
     let (_, mut stays) = open(&server, "/stay");
     let (_, reply) = server.post(r#"{"opt":2,"kick":true,"args_bunch":[{"path":"/del-kick"}]}"#);
-    assert_eq!((reply["res"].as_u64(), reply["kicked"].as_u64()), (Some(1), Some(1)), "{reply}");
+    assert_eq!(
+        (reply["res"].as_u64(), reply["kicked"].as_u64()),
+        (Some(1), Some(1)),
+        "{reply}"
+    );
     assert!(closed_with(&mut deleted, 1008));
     let body = json!({"opt":4,"kick":true,"args_bunch":[{"path":"/stay","dst":dst.to_string()}]});
     let (_, reply) = server.post(&body.to_string());
@@ -436,7 +457,9 @@ fn delete_and_sync_with_kick_close_the_removed_users_tunnels() {
     );
     assert!(closed_with(&mut synced, 1008));
     // The user kept is untouched.
-    stays.write_all(&masked_frame(true, 0x2, b"still here")).unwrap();
+    stays
+        .write_all(&masked_frame(true, 0x2, b"still here"))
+        .unwrap();
     assert_eq!(read_data(&mut stays, 10), b"still here");
 }
 
@@ -476,17 +499,36 @@ fn bad_limits_and_acks_are_refused_and_change_nothing() {
     let dst = echo_backend();
     add_user(&server, "/keep", dst, json!({"conn_limit": 1}));
     for (body, status) in [
-        (json!({"opt":1,"args_bunch":[{"path":"/new","dst":"h:1"},{"path":"/keep","dst":"h:1","quota":-1}]}), 200),
-        (json!({"opt":4,"args_bunch":[{"path":"/keep","dst":"h:1","conn_limit":-3}]}), 200),
-        (json!({"opt":1,"args_bunch":[{"path":"/new","dst":"h:1","speed_limit":"fast"}]}), 400),
-        (json!({"opt":1,"args_bunch":[{"path":"/new","dst":"h:1","expire":1.5}]}), 400),
-        (json!({"opt":2,"kick":1,"args_bunch":[{"path":"/keep"}]}), 400),
+        (
+            json!({"opt":1,"args_bunch":[{"path":"/new","dst":"h:1"},{"path":"/keep","dst":"h:1","quota":-1}]}),
+            200,
+        ),
+        (
+            json!({"opt":4,"args_bunch":[{"path":"/keep","dst":"h:1","conn_limit":-3}]}),
+            200,
+        ),
+        (
+            json!({"opt":1,"args_bunch":[{"path":"/new","dst":"h:1","speed_limit":"fast"}]}),
+            400,
+        ),
+        (
+            json!({"opt":1,"args_bunch":[{"path":"/new","dst":"h:1","expire":1.5}]}),
+            400,
+        ),
+        (
+            json!({"opt":2,"kick":1,"args_bunch":[{"path":"/keep"}]}),
+            400,
+        ),
         (json!({"opt":8}), 200),
         (json!({"opt":8,"report_id":"1"}), 200),
         (json!({"opt":8,"report_id":7}), 400),
     ] {
         let (got, reply) = server.post(&body.to_string());
-        assert_eq!((got, reply["res"].as_u64()), (status, Some(2)), "{body}: {reply}");
+        assert_eq!(
+            (got, reply["res"].as_u64()),
+            (status, Some(2)),
+            "{body}: {reply}"
+        );
         assert!(!reply["err_string"].as_str().unwrap().is_empty());
         assert_eq!(reply["current_users"], 1);
     }
@@ -517,7 +559,9 @@ fn echo_through(server: &Server, path: &str, up: usize) {
     let data = pattern(up, 7);
     stream.write_all(&masked_frame(true, 0x2, &data)).unwrap();
     assert!(read_data(&mut stream, up) == data);
-    stream.write_all(&masked_frame(true, 0x8, &[0x03, 0xe8])).unwrap();
+    stream
+        .write_all(&masked_frame(true, 0x8, &[0x03, 0xe8]))
+        .unwrap();
     let _ = read_until_close(&mut stream);
 }
 
@@ -583,7 +627,14 @@ fn billing_loses_nothing_when_a_reply_is_lost_or_the_server_restarts() {
     let server = Server::start(&["-state", state_arg]);
     let (_, fourth) = server.post(r#"{"opt":7}"#);
     assert_eq!(line(&fourth, "/bill"), None, "{fourth}");
-    assert!(fourth["report_id"].as_str().unwrap().parse::<u64>().unwrap() > 3);
+    assert!(
+        fourth["report_id"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 3
+    );
     drop(server);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -668,7 +668,13 @@ pub fn expected_command(body: &[u8]) -> Result<Command, CommandError> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return bad("report_id is not a string"),
     };
-    const LIMITS: [&str; 5] = ["speed_limit", "device_limit", "conn_limit", "quota", "expire"];
+    const LIMITS: [&str; 5] = [
+        "speed_limit",
+        "device_limit",
+        "conn_limit",
+        "quota",
+        "expire",
+    ];
     type Entry = (Option<String>, Option<String>, [i64; 5]);
     let args: Option<Vec<Entry>> = match map.get("args_bunch") {
         None | Some(Value::Null) => None,

@@ -248,10 +248,7 @@ fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<NewUser>, CommandError> {
             )));
         }
         let mut values = [0u64; LIMIT_FIELDS.len()];
-        for (field, (value, name)) in values
-            .iter_mut()
-            .zip(arg.limits.iter().zip(LIMIT_FIELDS))
-        {
+        for (field, (value, name)) in values.iter_mut().zip(arg.limits.iter().zip(LIMIT_FIELDS)) {
             let given = value.unwrap_or(0);
             match u64::try_from(given) {
                 Ok(v) => *field = v,
@@ -276,7 +273,6 @@ fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<NewUser>, CommandError> {
     }
     Ok(users)
 }
-
 
 /// Each entry's `path`, validated.
 fn paths(args: Vec<UserArg>) -> Result<Vec<String>, CommandError> {

@@ -380,7 +380,7 @@ impl Controller {
                                     == user.limits;
                             // A quota re-sent starts the count over: not a change, but it
                             // is applied (and recorded).
-                            if !(same_dst && same_limits) && !wanted.contains(&path) {
+                            if !(wanted.contains(&path) || same_dst && same_limits) {
                                 changed += 1;
                             }
                             upsert.push(self.limited_route(user, &mut update));
@@ -410,7 +410,11 @@ impl Controller {
                     self.change(RouteChange::Sync { upsert, remove }, update)?;
                 }
                 if let Some(paths) = kicked {
-                    reply.kicked = Some(if paths.is_empty() { 0 } else { self.kick(paths) });
+                    reply.kicked = Some(if paths.is_empty() {
+                        0
+                    } else {
+                        self.kick(paths)
+                    });
                 }
             }
             Command::Stats { paths, reset } => {
@@ -477,9 +481,7 @@ impl Controller {
                 _ => Default::default(),
             })
             .collect();
-        let per_user = self
-            .per_user_metrics
-            .then(|| self.stats(None, false));
+        let per_user = self.per_user_metrics.then(|| self.stats(None, false));
         crate::control::metrics::render(
             self.table.len(),
             &self.change_latency,

@@ -185,8 +185,7 @@ impl UserPolicy {
         if expire > 0 && unix_now() >= expire {
             return Err(Denied::Expired);
         }
-        if self.cut.load(Ordering::Acquire) || self.quota_left().is_some_and(|left| left == 0)
-        {
+        if self.cut.load(Ordering::Acquire) || self.quota_left().is_some_and(|left| left == 0) {
             return Err(Denied::Quota);
         }
         let limit = self.conn_limit.load(Ordering::Relaxed);

@@ -44,7 +44,20 @@ pub struct UserStats {
     open: RefCell<HashMap<u64, Rc<KickFlag>>>,
     /// The user's limits, shared with every worker, if it has any (`Rc` so that a relay
     /// takes it per read without an atomic).
-    policy: RefCell<Option<Rc<Arc<UserPolicy>>>>,
+    policy: RefCell<Option<Rc<SharedPolicy>>>,
+}
+
+/// A worker's handle on a limited user's shared policy. The relays take it once per read
+/// as an `Rc` (a plain increment) rather than cloning the `Arc` (an atomic on a line every
+/// worker charging this user writes).
+pub struct SharedPolicy(Arc<UserPolicy>);
+
+impl std::ops::Deref for SharedPolicy {
+    type Target = Arc<UserPolicy>;
+
+    fn deref(&self) -> &Arc<UserPolicy> {
+        &self.0
+    }
 }
 
 /// One open connection as the counters see it: whether it must close (kicked, or idle
@@ -285,7 +298,7 @@ impl StatsTable {
         match (admission, held) {
             (Some(admission), None) => {
                 // The first connection of a limited user here: its route brought the policy.
-                self.set_policy(&user, Some(Rc::new(Arc::clone(admission.policy()))));
+                self.set_policy(&user, Some(Rc::new(SharedPolicy(Arc::clone(admission.policy())))));
                 *flag.admission.borrow_mut() = Some(Box::new(admission));
             }
             (Some(admission), Some(_)) => {
@@ -421,7 +434,7 @@ impl StatsTable {
         if same {
             return;
         }
-        self.set_policy(user, policy.map(|p| Rc::new(Arc::clone(p))));
+        self.set_policy(user, policy.map(|p| Rc::new(SharedPolicy(Arc::clone(p)))));
         let Some(policy) = policy else {
             return;
         };
@@ -439,7 +452,7 @@ impl StatsTable {
     }
 
     /// Sets a user's policy here, keeping `limited` right.
-    fn set_policy(&self, user: &UserStats, policy: Option<Rc<Arc<UserPolicy>>>) {
+    fn set_policy(&self, user: &UserStats, policy: Option<Rc<SharedPolicy>>) {
         let had = user.policy.borrow().is_some();
         let has = policy.is_some();
         *user.policy.borrow_mut() = policy;
@@ -509,7 +522,7 @@ impl Ticket {
 
     /// The user's limits, if it has any: the relays' one branch per read. Seen anew at
     /// every read, so limits changed by the panel apply to open tunnels.
-    pub fn policy(&self) -> Option<Rc<Arc<UserPolicy>>> {
+    pub fn policy(&self) -> Option<Rc<SharedPolicy>> {
         self.user.policy.borrow().clone()
     }
 

@@ -111,7 +111,11 @@ impl Route {
                 text_len,
             });
             if let (Some(offset), Some(policy)) = (parts.policy, policy) {
-                let slot = block.as_ptr().cast::<u8>().add(offset).cast::<Arc<UserPolicy>>();
+                let slot = block
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(offset)
+                    .cast::<Arc<UserPolicy>>();
                 slot.write(policy);
             }
             let text = block.as_ptr().cast::<u8>().add(parts.text);
@@ -130,7 +134,14 @@ impl Route {
         let offset = Self::parts(header.text_len, true).policy?;
         // SAFETY: a flagged block was written with an `Arc<UserPolicy>` at this offset by
         // `with_policy`, never written again, and dropped only with the block.
-        Some(unsafe { &*self.block.as_ptr().cast::<u8>().add(offset).cast::<Arc<UserPolicy>>() })
+        Some(unsafe {
+            &*self
+                .block
+                .as_ptr()
+                .cast::<u8>()
+                .add(offset)
+                .cast::<Arc<UserPolicy>>()
+        })
     }
 
     pub fn path(&self) -> &str {

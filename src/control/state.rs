@@ -174,8 +174,8 @@ impl StateFile {
             .map(|(path, (dst, limits))| StoredUser { path, dst, limits })
             .collect();
         // Start from a compact file: one snapshot record.
-        let file = write_snapshot(path, &users, &ledger)
-            .map_err(|e| format!("state file {name}: {e}"))?;
+        let file =
+            write_snapshot(path, &users, &ledger).map_err(|e| format!("state file {name}: {e}"))?;
         let log_bytes = file
             .metadata()
             .map_err(|e| format!("state file {name}: {e}"))?
@@ -209,7 +209,11 @@ impl StateFile {
     }
 
     /// Makes the billing ledger durable, with the quotas left of the users that have one.
-    pub fn save_ledger(&mut self, ledger: &Ledger, quota_left: BTreeMap<String, u64>) -> io::Result<()> {
+    pub fn save_ledger(
+        &mut self,
+        ledger: &Ledger,
+        quota_left: BTreeMap<String, u64>,
+    ) -> io::Result<()> {
         self.write(&Record {
             quota_left,
             billing: Some(ledger.clone()),
@@ -424,7 +428,10 @@ mod tests {
                 ..limits
             }
         );
-        assert_eq!(users.iter().find(|u| u.path == "/a").unwrap().limits, Limits::default());
+        assert_eq!(
+            users.iter().find(|u| u.path == "/a").unwrap().limits,
+            Limits::default()
+        );
         let mut restored = state.take_ledger();
         assert_eq!(restored, ledger);
         assert!(restored.acknowledge(&id.to_string()).is_ok());

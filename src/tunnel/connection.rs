@@ -202,7 +202,9 @@ where
             writer,
             dst,
         } => {
-            let ticket = ctx.stats.open(route.path(), Kind::Plain, peer.addr(), admission);
+            let ticket = ctx
+                .stats
+                .open(route.path(), Kind::Plain, peer.addr(), admission);
             let end = Box::pin(plain::run(reader, writer, dst, ticket)).await;
             log::debug!(
                 "client {peer} path {}: plain tunnel ended: {end:?}",
@@ -210,7 +212,8 @@ where
             );
         }
         Ready::Mux { reader, writer } => {
-            let ticket = ctx.stats
+            let ticket = ctx
+                .stats
                 .open(route.path(), Kind::MuxSession, peer.addr(), admission);
             let idle_timeout = ctx.settings.idle_timeout;
             let end = Box::pin(crate::tunnel::mux::run(
