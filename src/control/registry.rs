@@ -298,7 +298,10 @@ impl StatsTable {
         match (admission, held) {
             (Some(admission), None) => {
                 // The first connection of a limited user here: its route brought the policy.
-                self.set_policy(&user, Some(Rc::new(SharedPolicy(Arc::clone(admission.policy())))));
+                self.set_policy(
+                    &user,
+                    Some(Rc::new(SharedPolicy(Arc::clone(admission.policy())))),
+                );
                 *flag.admission.borrow_mut() = Some(Box::new(admission));
             }
             (Some(admission), Some(_)) => {
