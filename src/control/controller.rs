@@ -149,7 +149,13 @@ impl Controller {
                 options
                     .initial_users
                     .into_iter()
-                    .map(|u| Route::with_policy(&u.path, &u.dst, new_policy(&u.limits)))
+                    .map(|u| {
+                        let policy = new_policy(&u.limits);
+                        if let (Some(policy), Some(left)) = (&policy, u.quota_left) {
+                            policy.restore_quota_left(left);
+                        }
+                        Route::with_policy(&u.path, &u.dst, policy)
+                    })
                     .collect(),
             );
             controller.table.apply(&change);
@@ -271,7 +277,12 @@ impl Controller {
             return true;
         };
         match state.save_ledger(&self.ledger, quota_left) {
-            Ok(()) => true,
+            Ok(()) => {
+                if let Err(e) = state.compact_if_large(&self.table, &self.ledger) {
+                    log::error!("internal: compacting the state file: {e}");
+                }
+                true
+            }
             Err(e) => {
                 log::error!("internal: state file: writing the billing ledger: {e}");
                 false

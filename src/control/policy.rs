@@ -142,13 +142,14 @@ impl UserPolicy {
         self.cut.store(false, Ordering::Release);
     }
 
-    /// The limits now, with `quota` as the bytes left (for the state file).
-    pub fn limits_left(&self) -> Limits {
-        let mut limits = self.limits();
-        if limits.quota > 0 {
-            limits.quota = self.quota_left().unwrap_or(0);
+    /// Restores the bytes left of the quota (from the state file, after a restart).
+    pub fn restore_quota_left(&self, left: u64) {
+        if self.quota.load(Ordering::Relaxed) == 0 {
+            return;
         }
-        limits
+        self.quota_left
+            .store(i64::try_from(left).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self.cut.store(left == 0, Ordering::Release);
     }
 
     /// The limits as last set.

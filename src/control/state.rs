@@ -35,8 +35,10 @@ const COMPACT_MIN: u64 = 1 << 20;
 pub struct StoredUser {
     pub path: String,
     pub dst: String,
-    /// Its limits (all zero: none); `quota` is what was left when last written.
+    /// Its limits as last set (all zero: none).
     pub limits: Limits,
+    /// Bytes left of its quota when last written, if it has one.
+    pub quota_left: Option<u64>,
 }
 
 /// One line of the log: applied in the order clear, upsert (with `limits` for the users
@@ -133,7 +135,7 @@ impl StateFile {
                 contents.len() - complete
             );
         }
-        let mut users: HashMap<String, (String, Limits)> = HashMap::new();
+        let mut users: HashMap<String, (String, Limits, Option<u64>)> = HashMap::new();
         let mut ledger = Ledger::default();
         for (number, line) in contents[..complete].split(|&b| b == b'\n').enumerate() {
             if line.is_empty() {
@@ -152,16 +154,15 @@ impl StateFile {
                     ));
                 }
                 let limits = record.limits.remove(&path).unwrap_or_default();
-                users.insert(path, (dst, limits));
+                users.insert(path, (dst, limits, None));
             }
             for path in record.remove {
                 users.remove(&path);
             }
             for (path, left) in record.quota_left {
-                if let Some((_, limits)) = users.get_mut(&path) {
+                if let Some((_, limits, quota_left)) = users.get_mut(&path) {
                     if limits.quota > 0 {
-                        // A quota never restores to zero (that would mean "no quota").
-                        limits.quota = left.max(1);
+                        *quota_left = Some(left);
                     }
                 }
             }
@@ -171,7 +172,12 @@ impl StateFile {
         }
         let users: Vec<StoredUser> = users
             .into_iter()
-            .map(|(path, (dst, limits))| StoredUser { path, dst, limits })
+            .map(|(path, (dst, limits, quota_left))| StoredUser {
+                path,
+                dst,
+                limits,
+                quota_left,
+            })
             .collect();
         // Start from a compact file: one snapshot record.
         let file =
@@ -249,7 +255,8 @@ impl StateFile {
             .map(|r| StoredUser {
                 path: r.path().to_string(),
                 dst: r.dst().to_string(),
-                limits: r.policy().map(|p| p.limits_left()).unwrap_or_default(),
+                limits: r.policy().map(|p| p.limits()).unwrap_or_default(),
+                quota_left: r.policy().and_then(|p| p.quota_left()),
             })
             .collect();
         self.file = write_snapshot(&self.path, &users, ledger)?;
@@ -271,6 +278,10 @@ fn write_snapshot(path: &Path, users: &[StoredUser], ledger: &Ledger) -> io::Res
             .iter()
             .filter(|u| !u.limits.is_unlimited())
             .map(|u| (u.path.clone(), u.limits))
+            .collect(),
+        quota_left: users
+            .iter()
+            .filter_map(|u| Some((u.path.clone(), u.quota_left?)))
             .collect(),
         billing: (*ledger != Ledger::default()).then(|| ledger.clone()),
         ..Record::default()
@@ -421,13 +432,7 @@ mod tests {
         drop(state);
         let (mut state, users) = StateFile::open(&path).unwrap();
         let b = users.iter().find(|u| u.path == "/b").unwrap();
-        assert_eq!(
-            b.limits,
-            Limits {
-                quota: 123,
-                ..limits
-            }
-        );
+        assert_eq!((b.limits, b.quota_left), (limits, Some(123)));
         assert_eq!(
             users.iter().find(|u| u.path == "/a").unwrap().limits,
             Limits::default()
@@ -435,6 +440,15 @@ mod tests {
         let mut restored = state.take_ledger();
         assert_eq!(restored, ledger);
         assert!(restored.acknowledge(&id.to_string()).is_ok());
+        // The quota left (zero included) survives a reopen, which rewrites the snapshot.
+        state
+            .save_ledger(&restored, [("/b".to_string(), 0)].into_iter().collect())
+            .unwrap();
+        drop(state);
+        StateFile::open(&path).unwrap();
+        let (_, users) = StateFile::open(&path).unwrap();
+        let b = users.iter().find(|u| u.path == "/b").unwrap();
+        assert_eq!((b.limits, b.quota_left), (limits, Some(0)));
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }
