@@ -6,6 +6,10 @@
 #
 #   tools/bench-policy.sh                 # REPS=3, BULK_BYTES=1G
 #   REPS=1 BULK_BYTES=512M tools/bench-policy.sh
+#   BASE_BIN=/tmp/base/target/release/mtt-mu-server tools/bench-policy.sh
+#
+# With BASE_BIN (a build from before limits existed), a second server from it is measured
+# in the same turns ("base"), and every ratio is to it: what a user without limits pays.
 #
 # Results: target/bench/policy-DATE/ (results.jsonl, table.md, machine.txt, server log).
 set -euo pipefail
@@ -53,6 +57,18 @@ SERVER=$!
 PIDS+=("$SERVER")
 wait_for "$OUT/server.log" "ready:"
 
+REFERENCE=free
+if [[ -n ${BASE_BIN:-} ]]; then
+    "$BASE_BIN" -b "127.0.0.1:$((DATA + 1))" -c "127.0.0.1:$((CTL + 1))" -force-tls -timeout 1h \
+        2>"$OUT/base.log" &
+    BASE=$!
+    PIDS+=("$BASE")
+    wait_for "$OUT/base.log" "ready:"
+    curl -sf -X POST -d '{"opt":1,"args_bunch":[{"path":"/free","dst":"'$SINK'"}]}' \
+        "http://127.0.0.1:$((CTL + 1))/" >/dev/null
+    REFERENCE=base
+fi
+
 users='{"path":"/free","dst":"'$SINK'"},{"path":"/high","dst":"'$SINK'","speed_limit":'$HIGH',"quota":'$HIGH'}'
 for i in $(seq 0 999); do
     users+=',{"path":"/lim'$i'","dst":"'$SINK'","speed_limit":'$HIGH',"conn_limit":100,"device_limit":10,"quota":'$HIGH'}'
@@ -63,12 +79,17 @@ cat "$OUT/add.json" >&2
 for rep in $(seq "$REPS"); do
     echo "== rep $rep of $REPS" >&2
     for dir in up down; do
+        if [[ -n ${BASE_BIN:-} ]]; then
+            timeout 300 "$LOADGEN" bulk --addr "127.0.0.1:$((DATA + 1))" --proto wss --path /free \
+                --dir $dir --streams 1 --bytes "$BULK_BYTES" --server-pid "$BASE" \
+                --target base --record "$RESULTS" || echo "== base $dir: run failed, not counted" >&2
+        fi
         for target in free high lim500; do
             path=/$target
             timeout 300 "$LOADGEN" bulk --addr "127.0.0.1:$DATA" --proto wss --path "$path" \
                 --dir $dir --streams 1 --bytes "$BULK_BYTES" --server-pid "$SERVER" \
-                --target "$target" --record "$RESULTS"
+                --target "$target" --record "$RESULTS" || echo "== $target $dir: run failed, not counted" >&2
         done
     done
 done
-"$LOADGEN" report --reference free "$RESULTS" | tee "$OUT/table.md"
+"$LOADGEN" report --reference "$REFERENCE" "$RESULTS" | tee "$OUT/table.md"
