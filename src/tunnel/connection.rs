@@ -4,7 +4,8 @@
 //!
 //! Strangers get what an nginx would give them (a 404 page), and so does a user over one
 //! of its limits (connections, devices, quota, expiry: a probe learns nothing; the reason
-//! is logged and counted); only a known path with a valid upgrade, admitted, reaches [`crate::tunnel::plain`] or [`crate::tunnel::mux`]. Nothing here reads frames.
+//! is logged and counted); only a known path with a valid upgrade, admitted, reaches
+//! [`crate::tunnel::plain`] or [`crate::tunnel::mux`]. Nothing here reads frames.
 
 use std::rc::Rc;
 
