@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use mtt_mu_server::controller::{self, Command, CommandError};
+use mtt_mu_server::controller::{self, Command, CommandError, Limits, NewUser};
 use mtt_mu_server::http::{self, HeadError, RequestHead};
 use mtt_mu_server::routes::Route;
 use mtt_mu_server::{smux, ws};
@@ -630,7 +630,13 @@ pub fn route_key_check(target: &str) -> Option<String> {
 /// | 4 | sync | required (may be empty), each `path` and `dst` |
 /// | 5 | stats, `"reset": bool` | optional, each `path` |
 /// | 6 | kick | required, non-empty, each `path` |
+/// | 7 | billing report | ignored |
+/// | 8 | acknowledge, `"report_id": string`, required non-empty | ignored |
 /// | 9 | ping | ignored |
+///
+/// Del and sync take `"kick": bool`. Add and sync entries may carry the limits
+/// `speed_limit`, `device_limit`, `conn_limit`, `quota`, `expire`: JSON integers that fit
+/// an i64 (else a bad request), non-negative (else invalid), 0 or absent for none.
 pub fn expected_command(body: &[u8]) -> Result<Command, CommandError> {
     fn bad<T>(why: &str) -> Result<T, CommandError> {
         Err(CommandError::BadRequest(why.to_string()))
@@ -649,12 +655,27 @@ pub fn expected_command(body: &[u8]) -> Result<Command, CommandError> {
         },
         Some(_) => return bad("opt is not a number"),
     };
-    let reset = match map.get("reset") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return bad("reset is not a bool"),
+    let flag = |name: &str| match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(()),
     };
-    type Entry = (Option<String>, Option<String>);
+    let (Ok(reset), Ok(kick)) = (flag("reset"), flag("kick")) else {
+        return bad("reset or kick is not a bool");
+    };
+    let report_id = match map.get("report_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return bad("report_id is not a string"),
+    };
+    const LIMITS: [&str; 5] = [
+        "speed_limit",
+        "device_limit",
+        "conn_limit",
+        "quota",
+        "expire",
+    ];
+    type Entry = (Option<String>, Option<String>, [i64; 5]);
     let args: Option<Vec<Entry>> = match map.get("args_bunch") {
         None | Some(Value::Null) => None,
         Some(Value::Array(entries)) => {
@@ -668,8 +689,18 @@ pub fn expected_command(body: &[u8]) -> Result<Command, CommandError> {
                     Some(Value::String(s)) => Ok(Some(s.clone())),
                     Some(_) => Err(()),
                 };
+                let mut limits = [0i64; 5];
+                for (value, name) in limits.iter_mut().zip(LIMITS) {
+                    match entry.get(name) {
+                        None | Some(Value::Null) => {}
+                        Some(Value::Number(n)) if n.as_i64().is_some() => {
+                            *value = n.as_i64().unwrap_or(0)
+                        }
+                        Some(_) => return bad("a limit is not an i64"),
+                    }
+                }
                 match (field("path"), field("dst")) {
-                    (Ok(path), Ok(dst)) => args.push((path, dst)),
+                    (Ok(path), Ok(dst)) => args.push((path, dst, limits)),
                     _ => return bad("path or dst is not a string"),
                 }
             }
@@ -679,7 +710,7 @@ pub fn expected_command(body: &[u8]) -> Result<Command, CommandError> {
     };
     let paths = |args: Vec<Entry>| -> Result<Vec<String>, CommandError> {
         let mut paths = Vec::new();
-        for (path, _) in args {
+        for (path, _, _) in args {
             match path {
                 Some(p) if p.starts_with('/') => paths.push(p),
                 _ => return invalid("bad path"),
@@ -687,15 +718,29 @@ pub fn expected_command(body: &[u8]) -> Result<Command, CommandError> {
         }
         Ok(paths)
     };
-    let users = |args: Vec<Entry>| -> Result<Vec<Route>, CommandError> {
+    let users = |args: Vec<Entry>| -> Result<Vec<NewUser>, CommandError> {
         let mut users = Vec::new();
-        for (path, dst) in args {
-            match (path, dst) {
+        for (path, dst, limits) in args {
+            let route = match (path, dst) {
                 (Some(p), _) if !p.starts_with('/') => return invalid("bad path"),
                 (None, _) => return invalid("no path"),
-                (Some(p), Some(d)) if controller::valid_dst(&d) => users.push(Route::new(&p, &d)),
+                (Some(p), Some(d)) if controller::valid_dst(&d) => Route::new(&p, &d),
                 _ => return invalid("bad dst"),
+            };
+            if limits.iter().any(|&l| l < 0) {
+                return invalid("a negative limit");
             }
+            let [speed_limit, device_limit, conn_limit, quota, expire] = limits.map(|l| l as u64);
+            users.push(NewUser {
+                route,
+                limits: Limits {
+                    speed_limit,
+                    device_limit,
+                    conn_limit,
+                    quota,
+                    expire,
+                },
+            });
         }
         Ok(users)
     };
@@ -706,12 +751,18 @@ pub fn expected_command(body: &[u8]) -> Result<Command, CommandError> {
             None => invalid("empty add"),
         },
         Some(2) => match non_empty {
-            Some(args) => Ok(Command::Del(paths(args)?)),
+            Some(args) => Ok(Command::Del {
+                paths: paths(args)?,
+                kick: kick.unwrap_or(false),
+            }),
             None => invalid("empty del"),
         },
         Some(3) => Ok(Command::Reset),
         Some(4) => match args {
-            Some(args) => Ok(Command::Sync(users(args)?)),
+            Some(args) => Ok(Command::Sync {
+                users: users(args)?,
+                kick: kick.unwrap_or(false),
+            }),
             None => invalid("sync without args_bunch"),
         },
         Some(5) => Ok(Command::Stats {
@@ -721,6 +772,11 @@ pub fn expected_command(body: &[u8]) -> Result<Command, CommandError> {
         Some(6) => match non_empty {
             Some(args) => Ok(Command::Kick(paths(args)?)),
             None => invalid("empty kick"),
+        },
+        Some(7) => Ok(Command::Report),
+        Some(8) => match report_id {
+            Some(id) if !id.is_empty() => Ok(Command::Ack(id)),
+            _ => invalid("ack without report_id"),
         },
         Some(9) => Ok(Command::Ping),
         _ => invalid("invalid opt"),
@@ -737,15 +793,17 @@ pub fn controller_check(body: &[u8]) -> Result<Command, CommandError> {
     if let Ok(Command::Add(users)) = &got {
         assert!(!users.is_empty());
         for user in users {
-            assert!(user.path().starts_with('/') && controller::valid_dst(user.dst()));
+            let route = &user.route;
+            assert!(route.path().starts_with('/') && controller::valid_dst(route.dst()));
         }
     }
-    if let Ok(Command::Sync(users)) = &got {
+    if let Ok(Command::Sync { users, .. }) = &got {
         for user in users {
-            assert!(user.path().starts_with('/') && controller::valid_dst(user.dst()));
+            let route = &user.route;
+            assert!(route.path().starts_with('/') && controller::valid_dst(route.dst()));
         }
     }
-    if let Ok(Command::Del(paths) | Command::Kick(paths)) = &got {
+    if let Ok(Command::Del { paths, .. } | Command::Kick(paths)) = &got {
         assert!(!paths.is_empty() && paths.iter().all(|p| p.starts_with('/')));
     }
     if let Ok(Command::Stats {

@@ -4,18 +4,24 @@
 //!
 //! | opt | command | args_bunch |
 //! |---|---|---|
-//! | 1 | add | required, each `path` and `dst` |
-//! | 2 | del | required, each `path` |
+//! | 1 | add | required, each `path` and `dst`, optional limits |
+//! | 2 | del; `"kick": true` also closes their tunnels | required, each `path` |
 //! | 3 | reset | ignored |
-//! | 4 | sync: the whole desired user set (may be empty) | required, each `path` and `dst` |
+//! | 4 | sync: the whole desired user set (may be empty); `"kick"` as del | required, each `path` and `dst`, optional limits |
 //! | 5 | stats: per-user counters; `"reset": true` restarts them | optional, each `path` |
 //! | 6 | kick: close the open tunnels of these users | required, each `path` |
+//! | 7 | billing report: counts since the last acknowledged report | ignored |
+//! | 8 | acknowledge a billing report: `"report_id"` | ignored |
 //! | 9 | ping | ignored |
+//!
+//! The limits of an add or sync entry (`speed_limit`, `device_limit`, `conn_limit`,
+//! `quota`, `expire`) are integers, 0 or absent for none; a negative one is a command error.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use crate::control::policy::Limits;
 use crate::control::routes::Route;
 
 /// What the panel sends. Every field optional so that a missing field is a command error
@@ -27,6 +33,10 @@ struct CommandBody<'a> {
     args_bunch: Option<Vec<UserArg<'a>>>,
     /// For stats: reset what was returned.
     reset: Option<bool>,
+    /// For del and sync: also close the open tunnels of the users removed.
+    kick: Option<bool>,
+    /// For the billing acknowledgement: the report acknowledged.
+    report_id: Option<String>,
 }
 
 /// One entry of `args_bunch`. Deserialized by hand so that only a JSON object is one:
@@ -37,7 +47,18 @@ struct CommandBody<'a> {
 struct UserArg<'a> {
     path: Option<Cow<'a, str>>,
     dst: Option<Cow<'a, str>>,
+    /// The limits, as sent (validated as non-negative with the rest of the command).
+    limits: [Option<i64>; LIMIT_FIELDS.len()],
 }
+
+/// The limit fields of an entry, in the order of [`UserArg::limits`].
+const LIMIT_FIELDS: [&str; 5] = [
+    "speed_limit",
+    "device_limit",
+    "conn_limit",
+    "quota",
+    "expire",
+];
 
 /// A JSON string borrowed from the body where it can be (no escapes), owned where it must
 /// be. (serde's own `Cow<str>` always allocates.)
@@ -85,6 +106,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for UserArg<'a> {
             ) -> Result<UserArg<'a>, A::Error> {
                 let mut entry = UserArg::default();
                 while let Some(Text(key)) = map.next_key::<Text<'a>>()? {
+                    if let Some(i) = LIMIT_FIELDS.iter().position(|f| *f == key) {
+                        if entry.limits[i].is_some() {
+                            return Err(serde::de::Error::custom(format!(
+                                "duplicate field `{key}`"
+                            )));
+                        }
+                        entry.limits[i] = map.next_value::<Option<i64>>()?;
+                        continue;
+                    }
                     let slot = match &*key {
                         "path" => &mut entry.path,
                         "dst" => &mut entry.dst,
@@ -105,15 +135,30 @@ impl<'de: 'a, 'a> Deserialize<'de> for UserArg<'a> {
     }
 }
 
+/// One user of an add or sync: its route (without a policy yet: the controller attaches
+/// the shared one) and its limits.
+#[derive(Debug, PartialEq)]
+pub struct NewUser {
+    pub route: Route,
+    pub limits: Limits,
+}
+
 /// A command that passed validation, ready to apply as one batch.
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Add(Vec<Route>),
-    Del(Vec<String>),
+    Add(Vec<NewUser>),
+    /// Delete these users; with `kick`, close their open tunnels in the same step.
+    Del {
+        paths: Vec<String>,
+        kick: bool,
+    },
     Reset,
     Ping,
-    /// Make the user set exactly this.
-    Sync(Vec<Route>),
+    /// Make the user set exactly this; with `kick`, close the removed users' tunnels.
+    Sync {
+        users: Vec<NewUser>,
+        kick: bool,
+    },
     /// Report counters of these users (all when `None`), resetting them if asked.
     Stats {
         paths: Option<Vec<String>>,
@@ -121,6 +166,10 @@ pub enum Command {
     },
     /// Close the open tunnels of these users.
     Kick(Vec<String>),
+    /// The billing report: counts since the last acknowledged report.
+    Report,
+    /// Acknowledge the billing report with this id (and every one before it).
+    Ack(String),
 }
 
 /// Why a request produced no command.
@@ -150,13 +199,19 @@ pub fn parse_command(body: &[u8]) -> Result<Command, CommandError> {
             _ => invalid("add: args_bunch is missing or empty".into()),
         },
         Some(2) => match parsed.args_bunch {
-            Some(args) if !args.is_empty() => Ok(Command::Del(paths(args)?)),
+            Some(args) if !args.is_empty() => Ok(Command::Del {
+                paths: paths(args)?,
+                kick: parsed.kick.unwrap_or(false),
+            }),
             _ => invalid("del: args_bunch is missing or empty".into()),
         },
         Some(3) => Ok(Command::Reset),
         Some(4) => match parsed.args_bunch {
             // An empty set is a valid sync: the panel has no users.
-            Some(args) => Ok(Command::Sync(users("sync", args)?)),
+            Some(args) => Ok(Command::Sync {
+                users: users("sync", args)?,
+                kick: parsed.kick.unwrap_or(false),
+            }),
             None => invalid("sync: args_bunch is missing".into()),
         },
         Some(5) => Ok(Command::Stats {
@@ -167,13 +222,18 @@ pub fn parse_command(body: &[u8]) -> Result<Command, CommandError> {
             Some(args) if !args.is_empty() => Ok(Command::Kick(paths(args)?)),
             _ => invalid("kick: args_bunch is missing or empty".into()),
         },
+        Some(7) => Ok(Command::Report),
+        Some(8) => match parsed.report_id {
+            Some(id) if !id.is_empty() => Ok(Command::Ack(id)),
+            _ => invalid("ack: report_id is missing".into()),
+        },
         Some(9) => Ok(Command::Ping),
         _ => invalid("invalid opt".into()),
     }
 }
 
-/// Each entry's `path` and `dst`, validated.
-fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<Route>, CommandError> {
+/// Each entry's `path`, `dst` and limits, validated.
+fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<NewUser>, CommandError> {
     let mut users = Vec::with_capacity(args.len());
     for (i, arg) in args.into_iter().enumerate() {
         let path = check_path(i, arg.path).map_err(CommandError::Invalid)?;
@@ -187,7 +247,29 @@ fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<Route>, CommandError> {
                 "{what}: args_bunch[{i}] ({path}): dst {dst:?} is not HOST:PORT"
             )));
         }
-        users.push(Route::new(&path, &dst));
+        let mut values = [0u64; LIMIT_FIELDS.len()];
+        for (field, (value, name)) in values.iter_mut().zip(arg.limits.iter().zip(LIMIT_FIELDS)) {
+            let given = value.unwrap_or(0);
+            match u64::try_from(given) {
+                Ok(v) => *field = v,
+                Err(_) => {
+                    return Err(CommandError::Invalid(format!(
+                        "{what}: args_bunch[{i}] ({path}): {name} {given} is negative"
+                    )))
+                }
+            }
+        }
+        let [speed_limit, device_limit, conn_limit, quota, expire] = values;
+        users.push(NewUser {
+            route: Route::new(&path, &dst),
+            limits: Limits {
+                speed_limit,
+                device_limit,
+                conn_limit,
+                quota,
+                expire,
+            },
+        });
     }
     Ok(users)
 }
@@ -243,6 +325,64 @@ mod tests {
         parse_command(body.as_bytes()).unwrap_err()
     }
 
+    fn user(path: &str, dst: &str, limits: Limits) -> NewUser {
+        NewUser {
+            route: Route::new(path, dst),
+            limits,
+        }
+    }
+
+    #[test]
+    fn limits_kick_report_and_ack() {
+        let limits = Limits {
+            speed_limit: 1,
+            device_limit: 2,
+            conn_limit: 3,
+            quota: 4,
+            expire: 5,
+        };
+        assert_eq!(
+            parse_command(
+                br#"{"opt":4,"kick":true,"args_bunch":[{"path":"/a","dst":"h:1","speed_limit":1,"device_limit":2,"conn_limit":3,"quota":4,"expire":5},{"path":"/b","dst":"h:2","quota":null,"conn_limit":0}]}"#
+            ),
+            Ok(Command::Sync {
+                users: vec![user("/a", "h:1", limits), user("/b", "h:2", Limits::default())],
+                kick: true
+            })
+        );
+        assert_eq!(
+            parse_command(br#"{"opt":2,"kick":true,"args_bunch":[{"path":"/a"}]}"#),
+            Ok(Command::Del {
+                paths: vec!["/a".into()],
+                kick: true
+            })
+        );
+        assert_eq!(parse_command(br#"{"opt":7}"#), Ok(Command::Report));
+        assert_eq!(
+            parse_command(br#"{"opt":8,"report_id":"12"}"#),
+            Ok(Command::Ack("12".into()))
+        );
+        let invalid = [
+            r#"{"opt":8}"#,
+            r#"{"opt":8,"report_id":""}"#,
+            r#"{"opt":1,"args_bunch":[{"path":"/a","dst":"h:1","quota":-1}]}"#,
+            r#"{"opt":4,"args_bunch":[{"path":"/a","dst":"h:1"},{"path":"/b","dst":"h:1","expire":-5}]}"#,
+        ];
+        for body in invalid {
+            assert!(matches!(err(body), CommandError::Invalid(_)), "{body}");
+        }
+        let bad = [
+            r#"{"opt":8,"report_id":12}"#,
+            r#"{"opt":2,"kick":"yes","args_bunch":[{"path":"/a"}]}"#,
+            r#"{"opt":1,"args_bunch":[{"path":"/a","dst":"h:1","speed_limit":"1"}]}"#,
+            r#"{"opt":1,"args_bunch":[{"path":"/a","dst":"h:1","quota":1.5}]}"#,
+            r#"{"opt":1,"args_bunch":[{"path":"/a","dst":"h:1","quota":1,"quota":2}]}"#,
+        ];
+        for body in bad {
+            assert!(matches!(err(body), CommandError::BadRequest(_)), "{body}");
+        }
+    }
+
     #[test]
     fn user_strings_borrow_from_the_body_unless_escaped() {
         let body = br#"{"opt":1,"args_bunch":[{"path":"/plain","dst":"h:1"},{"path":"/esc\u00e9\"q","dst":"h:2"}]}"#;
@@ -259,13 +399,16 @@ mod tests {
         assert_eq!(
             parse_command(br#"{"opt":1,"args_bunch":[{"path":"/a","dst":"127.0.0.1:1"},{"path":"/b","dst":"h.example:2"}]}"#),
             Ok(Command::Add(vec![
-                Route::new("/a", "127.0.0.1:1"),
-                Route::new("/b", "h.example:2")
+                user("/a", "127.0.0.1:1", Limits::default()),
+                user("/b", "h.example:2", Limits::default())
             ]))
         );
         assert_eq!(
             parse_command(br#"{"opt":2,"args_bunch":[{"path":"/a"}]}"#),
-            Ok(Command::Del(vec!["/a".into()]))
+            Ok(Command::Del {
+                paths: vec!["/a".into()],
+                kick: false
+            })
         );
         assert_eq!(parse_command(br#" {"opt":3} "#), Ok(Command::Reset));
         assert_eq!(
@@ -278,7 +421,10 @@ mod tests {
     fn parses_the_added_commands() {
         assert_eq!(
             parse_command(br#"{"opt":4,"args_bunch":[]}"#),
-            Ok(Command::Sync(vec![]))
+            Ok(Command::Sync {
+                users: vec![],
+                kick: false
+            })
         );
         assert_eq!(
             parse_command(br#"{"opt":5,"reset":true}"#),

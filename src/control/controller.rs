@@ -3,13 +3,19 @@
 //! first when there is a state file, applies it, sends it to every worker and replies
 //! only once every worker routes by the new table.
 //!
+//! It also owns the per-user limits (one shared [`UserPolicy`] per limited user, carried
+//! in its route and changed in place by later commands) and two accumulators of the
+//! counts it collects from the workers: the view of opt 5 (restarted by its `reset`) and
+//! the billing ledger of opt 7 and 8 ([`crate::control::billing`]). Every collection
+//! feeds both, so neither can take a byte from the other.
+//!
 //! It speaks just enough HTTP/1.1 for panels: keep-alive, `Content-Length` bodies of at
 //! most [`MAX_BODY`] bytes, the head limits of [`crate::proto::http`], and, when a secret is
 //! set, `Authorization: Bearer` on every request. It never touches the data path; workers
 //! learn of changes only through [`crate::control::broadcast`].
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,11 +27,14 @@ use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
 use serde::{Deserialize, Serialize};
 
+use crate::control::billing::{BillLine, Counts, Ledger};
 use crate::control::broadcast::{self, Reply as WorkerReply, Request, WorkerLink};
-pub use crate::control::command::{parse_command, valid_dst, Command, CommandError};
+pub use crate::control::command::{parse_command, valid_dst, Command, CommandError, NewUser};
+pub use crate::control::policy::Limits;
+use crate::control::policy::UserPolicy;
 use crate::control::registry::UserTotals;
 use crate::control::routes::{Route, RouteChange, RouteTable};
-use crate::control::state::StateFile;
+use crate::control::state::{StateFile, StoredUser};
 use crate::control::status::{self, ServerFacts, Throughput};
 use crate::net::heads;
 use crate::proto::http::{self, HeadError, RequestHead};
@@ -54,12 +63,25 @@ pub struct Reply {
     /// sync: users that were removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<usize>,
-    /// stats: per-user counters, summed over the workers.
+    /// stats: per-user counters, summed over the workers; report: per-user counts since
+    /// the last acknowledged report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub users: Option<Vec<UserTotals>>,
-    /// kick: open tunnels (plain tunnels and mux sessions) told to close.
+    pub users: Option<Users>,
+    /// kick, and del or sync with `"kick": true`: open tunnels (plain tunnels and mux
+    /// sessions) told to close.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kicked: Option<usize>,
+    /// report: the id that acknowledges it (opt 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_id: Option<String>,
+}
+
+/// The `users` of a reply: counters (opt 5) or a billing report (opt 7).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Users {
+    Stats(Vec<UserTotals>),
+    Report(Vec<BillLine>),
 }
 
 /// How the controller is set up, beyond its workers.
@@ -70,7 +92,7 @@ pub struct Options {
     /// Where applied changes are made durable.
     pub state: Option<StateFile>,
     /// Users to start with (from the state file).
-    pub initial_users: Vec<(String, String)>,
+    pub initial_users: Vec<StoredUser>,
     /// Per-user series on `/metrics`.
     pub per_user_metrics: bool,
     /// What start-up knows (driver, workers, certificate expiry), for `/status` and
@@ -95,6 +117,15 @@ pub struct Controller {
     facts: Option<Arc<ServerFacts>>,
     /// The last minutes of throughput, for the chart of `/status`.
     throughput: Throughput,
+    /// Counts collected from the workers for opt 5, until its `reset` hands them out.
+    totals: HashMap<String, Counts>,
+    /// Counts collected for billing, until a panel acknowledges a report of them.
+    ledger: Ledger,
+}
+
+/// A user's shared limits, for its route: `None` for a user without limits.
+fn new_policy(limits: &Limits) -> Option<Arc<UserPolicy>> {
+    (!limits.is_unlimited()).then(|| Arc::new(UserPolicy::new(limits)))
 }
 
 fn boxed(paths: Vec<String>) -> Vec<Box<str>> {
@@ -104,7 +135,12 @@ fn boxed(paths: Vec<String>) -> Vec<Box<str>> {
 impl Controller {
     /// A controller over `workers`. Initial users are queued to every worker before it
     /// starts, so they route from the first connection.
-    pub fn new(workers: Vec<WorkerLink>, options: Options) -> Self {
+    pub fn new(workers: Vec<WorkerLink>, mut options: Options) -> Self {
+        let ledger = options
+            .state
+            .as_mut()
+            .map(StateFile::take_ledger)
+            .unwrap_or_default();
         let mut controller = Self {
             table: RouteTable::new(),
             workers,
@@ -115,13 +151,21 @@ impl Controller {
             change_latency: Default::default(),
             facts: options.facts,
             throughput: Throughput::default(),
+            totals: HashMap::new(),
+            ledger,
         };
         if !options.initial_users.is_empty() {
             let change = RouteChange::Upsert(
                 options
                     .initial_users
                     .into_iter()
-                    .map(|(p, d)| Route::new(&p, &d))
+                    .map(|u| {
+                        let policy = new_policy(&u.limits);
+                        if let (Some(policy), Some(left)) = (&policy, u.quota_left) {
+                            policy.restore_quota_left(left);
+                        }
+                        Route::with_policy(&u.path, &u.dst, policy)
+                    })
                     .collect(),
             );
             controller.table.apply(&change);
@@ -130,23 +174,189 @@ impl Controller {
         controller
     }
 
-    /// Makes `change` durable (if there is a state file), applies it here and on every
-    /// worker, and returns once all have it.
-    fn change(&mut self, change: RouteChange) -> Result<(), String> {
+    /// Makes `change` durable (if there is a state file) with the limits of the users it
+    /// upserts, gives existing policies their new limits in place (`updates`: open tunnels
+    /// see them at their next read), applies the change here and on every worker, and
+    /// returns once all have it.
+    fn change(&mut self, change: RouteChange, update: Update) -> Result<(), String> {
         if let Some(state) = &mut self.state {
+            let limits: Vec<(&str, Limits)> = update
+                .limits
+                .iter()
+                .map(|(path, limits)| (path.as_str(), *limits))
+                .collect();
             state
-                .append(&change)
+                .append(&change, &limits)
                 .map_err(|e| format!("internal: state file: {e}: nothing was changed"))?;
+        }
+        for (policy, limits) in &update.in_place {
+            policy.set(limits);
         }
         self.table.apply(&change);
         broadcast::ask_all(&self.workers, Request::Routes(change));
         self.changes += 1;
         if let Some(state) = &mut self.state {
-            if let Err(e) = state.compact_if_large(&self.table) {
+            if let Err(e) = state.compact_if_large(&self.table, &self.ledger) {
                 log::error!("internal: compacting the state file: {e}");
             }
         }
         Ok(())
+    }
+
+    /// The route a user gets for these limits: a user that had a policy keeps the same
+    /// one (changed in place, recorded in `update`), a newly limited user gets a new one,
+    /// a user without limits gets the route the parser made, with no policy.
+    fn limited_route(&self, user: NewUser, update: &mut Update) -> Route {
+        let NewUser { route, limits } = user;
+        let existing = self
+            .table
+            .lookup(route.path())
+            .and_then(Route::policy)
+            .cloned();
+        if !limits.is_unlimited() || existing.is_some() {
+            update.limits.push((route.path().to_string(), limits));
+        }
+        if let Some(policy) = &existing {
+            // Limits removed included: open tunnels holding it become unlimited.
+            update.in_place.push((Arc::clone(policy), limits));
+        }
+        if limits.is_unlimited() {
+            return route;
+        }
+        let policy = existing.unwrap_or_else(|| Arc::new(UserPolicy::new(&limits)));
+        Route::with_policy(route.path(), route.dst(), Some(policy))
+    }
+
+    /// Closes the open tunnels of these users on every worker; how many there were.
+    fn kick(&self, paths: Vec<Box<str>>) -> usize {
+        broadcast::ask_all(&self.workers, Request::Kick(paths))
+            .into_iter()
+            .map(|r| match r {
+                Some(WorkerReply::Kicked(n)) => n,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Collects every worker's counters (each hands them over and restarts from zero) into
+    /// both accumulators, makes the ledger durable if it grew, and returns the collection
+    /// (with the live parts: tunnels open, client addresses).
+    fn collect(&mut self) -> Vec<UserTotals> {
+        let request = Request::Stats {
+            paths: None,
+            reset: true,
+        };
+        let live = sum_totals(broadcast::ask_all(&self.workers, request));
+        let mut quota_left = BTreeMap::new();
+        let mut grew = false;
+        for user in &live {
+            let counts = Counts {
+                bytes_up: user.bytes_up,
+                bytes_down: user.bytes_down,
+                tunnels_opened: user.tunnels_opened,
+            };
+            if counts.is_zero() {
+                continue;
+            }
+            grew = true;
+            let total = self.totals.entry(user.path.clone()).or_default();
+            total.bytes_up += counts.bytes_up;
+            total.bytes_down += counts.bytes_down;
+            total.tunnels_opened += counts.tunnels_opened;
+            self.ledger.record(&user.path, &counts);
+            // Only a user that moved bytes has less quota left than last written.
+            let left = self
+                .table
+                .lookup(&user.path)
+                .and_then(Route::policy)
+                .and_then(|p| p.quota_left());
+            if let Some(left) = left {
+                quota_left.insert(user.path.clone(), left);
+            }
+        }
+        if grew {
+            self.save_ledger(quota_left);
+        }
+        live
+    }
+
+    /// Writes the ledger to the state file, if there is one. A failure is logged: the
+    /// counts stay in memory (they were already taken from the workers).
+    fn save_ledger(&mut self, quota_left: BTreeMap<String, u64>) -> bool {
+        let Some(state) = &mut self.state else {
+            return true;
+        };
+        match state.save_ledger(&self.ledger, quota_left) {
+            Ok(()) => {
+                if let Err(e) = state.compact_if_large(&self.table, &self.ledger) {
+                    log::error!("internal: compacting the state file: {e}");
+                }
+                true
+            }
+            Err(e) => {
+                log::error!("internal: state file: writing the billing ledger: {e}");
+                false
+            }
+        }
+    }
+
+    /// The opt-5 entries: the users asked for (every known one, with zeros where nothing
+    /// was counted) or all with counts or open tunnels, each with its limits.
+    fn stats(&mut self, paths: Option<Vec<String>>, reset: bool) -> Vec<UserTotals> {
+        let live: HashMap<String, UserTotals> = self
+            .collect()
+            .into_iter()
+            .map(|u| (u.path.clone(), u))
+            .collect();
+        let wanted: Vec<String> = match paths {
+            Some(paths) => {
+                let mut seen = HashSet::new();
+                paths
+                    .into_iter()
+                    .filter(|p| {
+                        (self.table.lookup(p).is_some()
+                            || self.totals.contains_key(p)
+                            || live.contains_key(p))
+                            && seen.insert(p.clone())
+                    })
+                    .collect()
+            }
+            None => {
+                let mut all: Vec<String> = self
+                    .totals
+                    .keys()
+                    .chain(live.keys().filter(|p| !self.totals.contains_key(*p)))
+                    .cloned()
+                    .collect();
+                all.sort();
+                all
+            }
+        };
+        let mut out = Vec::with_capacity(wanted.len());
+        for path in wanted {
+            let counts = if reset {
+                self.totals.remove(&path)
+            } else {
+                self.totals.get(&path).copied()
+            }
+            .unwrap_or_default();
+            let (tunnels_open, clients) = live
+                .get(&path)
+                .map(|u| (u.tunnels_open, u.clients.clone()))
+                .unwrap_or_default();
+            let policy = self.table.lookup(&path).and_then(Route::policy);
+            out.push(UserTotals {
+                bytes_up: counts.bytes_up,
+                bytes_down: counts.bytes_down,
+                tunnels_opened: counts.tunnels_opened,
+                tunnels_open,
+                clients,
+                limits: policy.map(|p| p.limits()).unwrap_or_default(),
+                quota_left: policy.and_then(|p| p.quota_left()),
+                path,
+            });
+        }
+        out
     }
 
     /// Runs one validated command; the reply's extra fields are filled where it has them.
@@ -154,28 +364,55 @@ impl Controller {
         let mut reply = Reply::default();
         match command {
             Command::Ping => {}
-            Command::Reset => self.change(RouteChange::Clear)?,
-            Command::Del(paths) => self.change(RouteChange::Remove(boxed(paths)))?,
-            Command::Add(users) => self.change(RouteChange::Upsert(users))?,
-            Command::Sync(users) => {
+            Command::Reset => self.change(RouteChange::Clear, Update::default())?,
+            Command::Del { paths, kick } => {
+                let paths = boxed(paths);
+                let kicked = kick.then(|| paths.clone());
+                self.change(RouteChange::Remove(paths), Update::default())?;
+                if let Some(paths) = kicked {
+                    reply.kicked = Some(self.kick(paths));
+                }
+            }
+            Command::Add(users) => {
+                let mut update = Update::default();
+                let routes = users
+                    .into_iter()
+                    .map(|user| self.limited_route(user, &mut update))
+                    .collect();
+                self.change(RouteChange::Upsert(routes), update)?;
+            }
+            Command::Sync { users, kick } => {
                 let mut wanted = HashSet::with_capacity(users.len());
                 let (mut added, mut changed) = (0, 0);
                 let mut upsert = Vec::new();
-                for user in &users {
-                    let path = user.path();
-                    match self.table.lookup(path) {
-                        Some(existing) if existing.dst() == user.dst() => {}
-                        Some(_) => {
-                            changed += 1;
-                            upsert.push(user.clone());
+                let mut update = Update::default();
+                for user in users {
+                    let path = user.route.path().to_string();
+                    match self.table.lookup(&path) {
+                        Some(existing)
+                            if existing.dst() == user.route.dst()
+                                && existing.policy().map(|p| p.limits()).unwrap_or_default()
+                                    == user.limits
+                                && user.limits.quota == 0 => {}
+                        Some(existing) => {
+                            let same_dst = existing.dst() == user.route.dst();
+                            let same_limits =
+                                existing.policy().map(|p| p.limits()).unwrap_or_default()
+                                    == user.limits;
+                            // A quota re-sent starts the count over: not a change, but it
+                            // is applied (and recorded).
+                            if !(wanted.contains(&path) || same_dst && same_limits) {
+                                changed += 1;
+                            }
+                            upsert.push(self.limited_route(user, &mut update));
                         }
-                        None if wanted.contains(path) => {
+                        None if wanted.contains(&path) => {
                             // A duplicate inside the sync: the later one wins, counted once.
-                            upsert.push(user.clone());
+                            upsert.push(self.limited_route(user, &mut update));
                         }
                         None => {
                             added += 1;
-                            upsert.push(user.clone());
+                            upsert.push(self.limited_route(user, &mut update));
                         }
                     }
                     wanted.insert(path);
@@ -189,26 +426,42 @@ impl Controller {
                 reply.added = Some(added);
                 reply.changed = Some(changed);
                 reply.removed = Some(remove.len());
+                let kicked = kick.then(|| remove.clone());
                 if !upsert.is_empty() || !remove.is_empty() {
-                    self.change(RouteChange::Sync { upsert, remove })?;
+                    self.change(RouteChange::Sync { upsert, remove }, update)?;
+                }
+                if let Some(paths) = kicked {
+                    reply.kicked = Some(if paths.is_empty() {
+                        0
+                    } else {
+                        self.kick(paths)
+                    });
                 }
             }
             Command::Stats { paths, reset } => {
-                let request = Request::Stats {
-                    paths: paths.map(boxed),
-                    reset,
-                };
-                reply.users = Some(sum_totals(broadcast::ask_all(&self.workers, request)));
+                reply.users = Some(Users::Stats(self.stats(paths, reset)));
             }
-            Command::Kick(paths) => {
-                let kicked = broadcast::ask_all(&self.workers, Request::Kick(boxed(paths)))
-                    .into_iter()
-                    .map(|r| match r {
-                        Some(WorkerReply::Kicked(n)) => n,
-                        _ => 0,
-                    })
-                    .sum();
-                reply.kicked = Some(kicked);
+            Command::Kick(paths) => reply.kicked = Some(self.kick(boxed(paths))),
+            Command::Report => {
+                self.collect();
+                let before = self.ledger.clone();
+                let (id, lines) = self.ledger.report();
+                if !self.save_ledger(BTreeMap::new()) {
+                    self.ledger = before;
+                    return Err("internal: state file: the report could not be made durable: nothing was reported".into());
+                }
+                reply.report_id = Some(id.to_string());
+                reply.users = Some(Users::Report(lines));
+            }
+            Command::Ack(id) => {
+                let before = self.ledger.clone();
+                if let Err(e) = self.ledger.acknowledge(&id) {
+                    return Ok(self.error(e.to_string()));
+                }
+                if !self.save_ledger(BTreeMap::new()) {
+                    self.ledger = before;
+                    return Err("internal: state file: the acknowledgement could not be made durable: nothing was acknowledged".into());
+                }
             }
         }
         reply.res = 1;
@@ -241,7 +494,7 @@ impl Controller {
     }
 
     /// The `/metrics` page.
-    pub fn metrics(&self) -> String {
+    pub fn metrics(&mut self) -> String {
         let snapshots: Vec<_> = broadcast::ask_all(&self.workers, Request::Metrics)
             .into_iter()
             .map(|r| match r {
@@ -249,13 +502,7 @@ impl Controller {
                 _ => Default::default(),
             })
             .collect();
-        let per_user = self.per_user_metrics.then(|| {
-            let request = Request::Stats {
-                paths: None,
-                reset: false,
-            };
-            sum_totals(broadcast::ask_all(&self.workers, request))
-        });
+        let per_user = self.per_user_metrics.then(|| self.stats(None, false));
         let mut page = crate::control::metrics::render(
             self.table.len(),
             &self.change_latency,
@@ -285,7 +532,11 @@ impl Controller {
     /// Answers `GET /status` or `/status.json` (see [`status`]): behind the secret, which
     /// a browser may give as the password of HTTP Basic authentication.
     /// Returns the response and whether the connection stays open.
-    fn status_response(&self, resource: status::Resource, head: &RequestHead) -> (Vec<u8>, bool) {
+    fn status_response(
+        &mut self,
+        resource: status::Resource,
+        head: &RequestHead,
+    ) -> (Vec<u8>, bool) {
         // A GET with a body: the body is unread, so the connection cannot go on.
         let keep_alive = head.keep_alive() && head.content_length.unwrap_or(0) == 0;
         let with_body = head.method != "HEAD";
@@ -300,11 +551,9 @@ impl Controller {
         let query = match &resource {
             status::Resource::Page(q) | status::Resource::Json(q) => q,
         };
-        let request = Request::Stats {
-            paths: None,
-            reset: false,
-        };
-        let totals = sum_totals(broadcast::ask_all(&self.workers, request));
+        // Totals since the last opt 5 reset, as a panel's counters show them (collecting
+        // also feeds the billing ledger, so nothing is lost by looking).
+        let totals = self.stats(None, false);
         let snapshot = status::snapshot(
             self.facts.as_deref(),
             &self.table,
@@ -350,6 +599,15 @@ impl Controller {
             ..Reply::default()
         }
     }
+}
+
+/// What a command does to users' limits besides its route change.
+#[derive(Default)]
+struct Update {
+    /// Existing policies and their new limits, set in place once the change is durable.
+    in_place: Vec<(Arc<UserPolicy>, Limits)>,
+    /// The limits of the upserted users that have (or had) any, for the state file.
+    limits: Vec<(String, Limits)>,
 }
 
 /// Sums the workers' per-user reports into one entry per user.
@@ -448,7 +706,7 @@ async fn serve(
         };
         buf.drain(..head_len);
         if let Some(resource) = status::Resource::of(&head) {
-            let (response, keep_alive) = controller.borrow().status_response(resource, &head);
+            let (response, keep_alive) = controller.borrow_mut().status_response(resource, &head);
             if stream.write_all(response).await.0.is_err() || !keep_alive {
                 return;
             }
@@ -465,7 +723,7 @@ async fn serve(
         } else if head.method == "GET"
             && http::route_key(&head.target).as_deref() == Some("/metrics")
         {
-            let page = controller.borrow().metrics();
+            let page = controller.borrow_mut().metrics();
             let keep_alive = head.keep_alive();
             let response = http::text_response(200, &page, keep_alive);
             if stream.write_all(response).await.0.is_err() || !keep_alive {

@@ -5,20 +5,25 @@
 //! - [`controller`]: the control API on its own thread: authoritative table, HTTP, auth,
 //!   `/metrics`, certificate reload.
 //! - [`command`]: parsing and validating the controller's JSON commands.
+//! - [`policy`]: per-user limits (speed, devices, connections, quota, expiry) and the state
+//!   a limited user shares across workers.
 //! - [`routes`]: the route table (one thin shared block per user) and the changes made to it.
 //! - [`broadcast`]: requests from the controller to every worker (route changes, counters,
 //!   kicks, metrics) and their answers.
 //! - [`registry`]: a worker's registry of open tunnels and per-user counters: counting
 //!   bytes, kicking users, sweeping idle plain tunnels.
+//! - [`billing`]: the ledger of counts panels have not acknowledged (opt 7 and 8).
 //! - [`state`]: durable users (`-state FILE`): a log of changes with compaction.
 //! - [`metrics`]: the Prometheus text format of `/metrics`.
 //! - [`status`]: the operator's `GET /status` page and `/status.json`, and the process
 //!   facts (descriptors, certificate expiry) `/metrics` adds.
 
+pub(crate) mod billing;
 pub(crate) mod broadcast;
 pub(crate) mod command;
 pub mod controller;
 pub(crate) mod metrics;
+pub(crate) mod policy;
 pub(crate) mod registry;
 pub mod routes;
 pub(crate) mod state;

@@ -6,15 +6,23 @@
 //! byte twice or loses one.
 //!
 //! Kicking lives here too: every open connection of a user holds a [`Ticket`] in that
-//! user's entry, and a kick wakes them all. This module knows nothing of sockets.
+//! user's entry, and a kick wakes them all. So do the per-user limits as a worker applies
+//! them (see [`crate::control::policy`]): a limited user's entry holds its shared policy,
+//! each of its connections its [`Admission`] (open count and device, released when the
+//! ticket drops), the relays charge the policy through the ticket, and the idle sweep
+//! closes the tunnels of users out of quota or past their expiry. A user without limits
+//! costs one branch per read. This module knows nothing of sockets.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use monoio::time::Instant;
+
+use crate::control::policy::{self, Admission, Denied, Direction, UserPolicy};
 
 /// What kind of connection a [`Ticket`] stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +42,22 @@ pub(crate) struct UserStats {
     opened: Cell<u64>,
     /// The user's open connections, by ticket id, to kick them.
     open: RefCell<HashMap<u64, Rc<KickFlag>>>,
+    /// The user's limits, shared with every worker, if it has any (`Rc` so that a relay
+    /// takes it per read without an atomic).
+    policy: RefCell<Option<Rc<SharedPolicy>>>,
+}
+
+/// A worker's handle on a limited user's shared policy. The relays take it once per read
+/// as an `Rc` (a plain increment) rather than cloning the `Arc` (an atomic on a line every
+/// worker charging this user writes).
+pub(crate) struct SharedPolicy(Arc<UserPolicy>);
+
+impl std::ops::Deref for SharedPolicy {
+    type Target = Arc<UserPolicy>;
+
+    fn deref(&self) -> &Arc<UserPolicy> {
+        &self.0
+    }
 }
 
 /// One open connection as the counters see it: whether it must close (kicked, or idle
@@ -50,6 +74,9 @@ pub(crate) struct KickFlag {
     /// The client's address, if it has one (not a unix-socket peer without PROXY).
     client: Option<std::net::SocketAddr>,
     waker: RefCell<Option<Waker>>,
+    /// The connection's place in its user's limits (open count, device), if it has any.
+    /// Boxed: most connections have none, and this is all they pay.
+    admission: RefCell<Option<Box<Admission>>>,
 }
 
 impl KickFlag {
@@ -61,7 +88,13 @@ impl KickFlag {
             swept,
             client,
             waker: RefCell::new(None),
+            admission: RefCell::new(None),
         }
+    }
+
+    fn kick(&self) {
+        self.kicked.set(true);
+        self.wake();
     }
 
     fn wake(&self) {
@@ -90,6 +123,12 @@ pub struct UserTotals {
     /// balancer), so a panel can see where a user connects from.
     #[serde(default)]
     pub clients: Vec<String>,
+    /// The user's limits, where it has any (filled by the controller, not the workers).
+    #[serde(flatten, default)]
+    pub limits: crate::control::policy::Limits,
+    /// Bytes left of the user's quota, where it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_left: Option<u64>,
 }
 
 /// The worker-wide counters behind `/metrics`.
@@ -117,16 +156,39 @@ pub(crate) enum Refusal {
     TlsError,
     Timeout,
     OverCapacity,
+    /// The user has `conn_limit` tunnels open.
+    ConnLimit,
+    /// The user has tunnels open from `device_limit` other addresses.
+    DeviceLimit,
+    /// The user's quota is used up.
+    Quota,
+    /// The user is past its `expire` time.
+    Expired,
+}
+
+impl From<Denied> for Refusal {
+    fn from(denied: Denied) -> Refusal {
+        match denied {
+            Denied::ConnLimit => Refusal::ConnLimit,
+            Denied::DeviceLimit => Refusal::DeviceLimit,
+            Denied::Quota => Refusal::Quota,
+            Denied::Expired => Refusal::Expired,
+        }
+    }
 }
 
 impl Refusal {
-    pub(crate) const ALL: [Refusal; 6] = [
+    pub(crate) const ALL: [Refusal; 10] = [
         Refusal::UnknownPath,
         Refusal::BadUpgrade,
         Refusal::BadRequest,
         Refusal::TlsError,
         Refusal::Timeout,
         Refusal::OverCapacity,
+        Refusal::ConnLimit,
+        Refusal::DeviceLimit,
+        Refusal::Quota,
+        Refusal::Expired,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -137,6 +199,10 @@ impl Refusal {
             Refusal::TlsError => "tls_error",
             Refusal::Timeout => "timeout",
             Refusal::OverCapacity => "over_capacity",
+            Refusal::ConnLimit => "conn_limit",
+            Refusal::DeviceLimit => "device_limit",
+            Refusal::Quota => "quota",
+            Refusal::Expired => "expired",
         }
     }
 }
@@ -193,6 +259,9 @@ pub(crate) struct StatsTable {
     pub metrics: Rc<WorkerMetrics>,
     /// Numbers tickets.
     next_ticket: Cell<u64>,
+    /// Entries of `users` that hold a policy: while there are none, a route change for
+    /// users without limits has nothing to look up here.
+    limited: Cell<usize>,
 }
 
 impl StatsTable {
@@ -202,11 +271,14 @@ impl StatsTable {
     }
 
     /// Counts a new connection of `path`; it is counted as open until the ticket drops.
+    /// `admission` is its place in the user's limits, taken before the upgrade was
+    /// answered (see [`UserPolicy::admit`]); `None` for a user without limits.
     pub(crate) fn open(
         &self,
         path: &str,
         kind: Kind,
         client: Option<std::net::SocketAddr>,
+        admission: Option<Admission>,
     ) -> Ticket {
         let user = {
             let mut users = self.users.borrow_mut();
@@ -222,6 +294,26 @@ impl StatsTable {
         let id = self.next_ticket.get();
         self.next_ticket.set(id + 1);
         let flag = Rc::new(KickFlag::new(kind == Kind::Plain, client));
+        let held = user.policy.borrow().clone();
+        match (admission, held) {
+            (Some(admission), None) => {
+                // The first connection of a limited user here: its route brought the policy.
+                self.set_policy(
+                    &user,
+                    Some(Rc::new(SharedPolicy(Arc::clone(admission.policy())))),
+                );
+                *flag.admission.borrow_mut() = Some(Box::new(admission));
+            }
+            (Some(admission), Some(_)) => {
+                *flag.admission.borrow_mut() = Some(Box::new(admission));
+            }
+            (None, Some(policy)) => {
+                // Routed just before the user was given limits: counted, never refused.
+                let admission = policy.count_open(client.map(|a| a.ip()));
+                *flag.admission.borrow_mut() = Some(Box::new(admission));
+            }
+            (None, None) => {}
+        }
         user.open.borrow_mut().insert(id, Rc::clone(&flag));
         bump(&user.opened, 1);
         match kind {
@@ -262,6 +354,7 @@ impl StatsTable {
                     .values()
                     .filter_map(|flag| flag.client.map(|a| a.to_string()))
                     .collect(),
+                ..Default::default()
             };
             if reset {
                 user.bytes_up.set(0);
@@ -291,12 +384,18 @@ impl StatsTable {
                 }
             }
         }
+        let mut forgotten_limited = 0;
         users.retain(|_, user| {
-            !(user.open.borrow().is_empty()
+            let keep = !(user.open.borrow().is_empty()
                 && user.bytes_up.get() == 0
                 && user.bytes_down.get() == 0
-                && user.opened.get() == 0)
+                && user.opened.get() == 0);
+            if !keep && user.policy.borrow().is_some() {
+                forgotten_limited += 1;
+            }
+            keep
         });
+        self.limited.set(self.limited.get() - forgotten_limited);
         out
     }
 
@@ -307,8 +406,7 @@ impl StatsTable {
         for path in paths {
             if let Some(user) = users.get(&**path) {
                 for flag in user.open.borrow().values() {
-                    flag.kicked.set(true);
-                    flag.wake();
+                    flag.kick();
                     kicked += 1;
                 }
             }
@@ -318,9 +416,70 @@ impl StatsTable {
 }
 
 impl StatsTable {
-    /// Tells every plain tunnel with no bytes either way for `timeout` to close.
+    /// Gives the user of `path` these limits (a route change): its open connections here
+    /// are charged to them from their next read, and counted in them (open connections,
+    /// devices) if they were not. For a user without limits on a worker where no user has
+    /// any, this looks nothing up.
+    pub(crate) fn attach(&self, path: &str, policy: Option<&Arc<UserPolicy>>) {
+        if policy.is_none() && self.limited.get() == 0 {
+            return;
+        }
+        let users = self.users.borrow();
+        let Some(user) = users.get(path) else {
+            return;
+        };
+        let held = user.policy.borrow().clone();
+        let same = match (&held, policy) {
+            (Some(held), Some(policy)) => Arc::ptr_eq(held, policy),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        self.set_policy(user, policy.map(|p| Rc::new(SharedPolicy(Arc::clone(p)))));
+        let Some(policy) = policy else {
+            return;
+        };
+        for flag in user.open.borrow().values() {
+            let counted = flag
+                .admission
+                .borrow()
+                .as_ref()
+                .is_some_and(|a| Arc::ptr_eq(a.policy(), policy));
+            if !counted {
+                let admission = policy.count_open(flag.client.map(|a| a.ip()));
+                *flag.admission.borrow_mut() = Some(Box::new(admission));
+            }
+        }
+    }
+
+    /// Sets a user's policy here, keeping `limited` right.
+    fn set_policy(&self, user: &UserStats, policy: Option<Rc<SharedPolicy>>) {
+        let had = user.policy.borrow().is_some();
+        let has = policy.is_some();
+        *user.policy.borrow_mut() = policy;
+        match (had, has) {
+            (false, true) => self.limited.set(self.limited.get() + 1),
+            (true, false) => self.limited.set(self.limited.get() - 1),
+            _ => {}
+        }
+    }
+
+    /// Tells every plain tunnel with no bytes either way for `timeout` to close, and every
+    /// tunnel of a user whose quota ran out or who expired.
     pub(crate) fn sweep(&self, now: Instant, timeout: std::time::Duration) {
+        let unix_now = policy::unix_now();
         for user in self.users.borrow().values() {
+            if let Some(policy) = &*user.policy.borrow() {
+                if policy.must_close(unix_now) {
+                    for flag in user.open.borrow().values() {
+                        if !flag.kicked.get() {
+                            flag.kick();
+                        }
+                    }
+                }
+            }
             for flag in user.open.borrow().values() {
                 if flag.swept
                     && !flag.idle.get()
@@ -362,6 +521,28 @@ impl Ticket {
         bump(&self.metrics.mux_streams_open, 1);
         bump(&self.metrics.mux_streams_total, 1);
         StreamGuard(Rc::clone(&self.metrics))
+    }
+
+    /// The user's limits, if it has any: the relays' one branch per read. Seen anew at
+    /// every read, so limits changed by the panel apply to open tunnels.
+    pub(crate) fn policy(&self) -> Option<Rc<SharedPolicy>> {
+        self.user.policy.borrow().clone()
+    }
+
+    /// Charges `n` bytes moved in `direction` to the user's limits: takes them off the
+    /// quota (closing the user's tunnels here at once when it runs out; the other workers'
+    /// sweeps follow within a second) and waits while the speed limit is in debt, so the
+    /// relay stops reading meanwhile.
+    pub(crate) async fn charge(&self, policy: &UserPolicy, direction: Direction, n: usize) {
+        let charge = policy.charge(direction, n);
+        if charge.exhausted {
+            for flag in self.user.open.borrow().values() {
+                flag.kick();
+            }
+        }
+        if !charge.wait.is_zero() {
+            monoio::time::sleep(charge.wait).await;
+        }
     }
 
     /// When a byte last moved; set it whenever one does.
@@ -416,7 +597,7 @@ mod tests {
     #[test]
     fn collect_with_reset_hands_out_each_byte_once() {
         let table = StatsTable::default();
-        let ticket = table.open("/a", Kind::Plain, None);
+        let ticket = table.open("/a", Kind::Plain, None, None);
         ticket.up(10);
         ticket.down(7);
         let first = table.collect(None, true);
@@ -429,6 +610,7 @@ mod tests {
                 tunnels_opened: 1,
                 tunnels_open: 1,
                 clients: Vec::new(),
+                ..Default::default()
             }]
         );
         ticket.up(5);
@@ -447,9 +629,9 @@ mod tests {
     #[test]
     fn sweep_marks_only_idle_plain_tunnels() {
         let table = StatsTable::default();
-        let quiet = table.open("/a", Kind::Plain, None);
-        let busy = table.open("/a", Kind::Plain, None);
-        let session = table.open("/a", Kind::MuxSession, None);
+        let quiet = table.open("/a", Kind::Plain, None, None);
+        let busy = table.open("/a", Kind::Plain, None, None);
+        let session = table.open("/a", Kind::MuxSession, None, None);
         let later = Instant::now() + std::time::Duration::from_secs(5);
         busy.activity().set(later);
         table.sweep(later, std::time::Duration::from_secs(1));
@@ -459,11 +641,40 @@ mod tests {
     }
 
     #[test]
+    fn limits_given_to_a_user_count_its_open_connections_and_release_them() {
+        use crate::control::policy::Limits;
+        let table = StatsTable::default();
+        let client = Some(std::net::SocketAddr::from(([127, 0, 0, 2], 1)));
+        let before = table.open("/a", Kind::Plain, client, None);
+        assert!(before.policy().is_none());
+        let policy = Arc::new(UserPolicy::new(&Limits {
+            conn_limit: 2,
+            quota: 10,
+            ..Limits::default()
+        }));
+        table.attach("/a", Some(&policy));
+        assert!(before.policy().is_some());
+        assert_eq!(policy.open_counts(), (1, 1));
+        let admitted = policy.admit(None).unwrap();
+        let after = table.open("/a", Kind::MuxSession, None, Some(admitted));
+        assert_eq!(policy.open_counts(), (2, 1));
+        assert!(policy.admit(None).is_err());
+        // The quota runs out: the sweep closes every tunnel of the user.
+        policy.charge(Direction::Up, 20);
+        table.sweep(Instant::now(), std::time::Duration::from_secs(3600));
+        assert!(before.flag.kicked.get() && after.flag.kicked.get());
+        drop((before, after));
+        assert_eq!(policy.open_counts(), (0, 0));
+        table.attach("/a", None);
+        assert_eq!(table.limited.get(), 0);
+    }
+
+    #[test]
     fn kick_reaches_every_open_connection_of_the_user() {
         let table = StatsTable::default();
-        let a1 = table.open("/a", Kind::Plain, None);
-        let a2 = table.open("/a", Kind::MuxSession, None);
-        let b = table.open("/b", Kind::Plain, None);
+        let a1 = table.open("/a", Kind::Plain, None, None);
+        let a2 = table.open("/a", Kind::MuxSession, None, None);
+        let b = table.open("/b", Kind::Plain, None, None);
         assert_eq!(table.kick(&["/a".into(), "/zzz".into()]), 2);
         assert!(a1.flag.kicked.get() && a2.flag.kicked.get());
         assert!(!b.flag.kicked.get());

@@ -5,6 +5,10 @@
 //! which the data path reads without a lock. Each change is one [`RouteChange`], applied
 //! to the controller's table and sent, shared by `Arc`, to every worker (see
 //! [`crate::control::broadcast`]). This module knows nothing of threads, sockets or HTTP.
+//!
+//! A user with limits (issue 13) carries its shared [`UserPolicy`] in its route block: a
+//! flag bit in the header says the block has one more word, an `Arc<UserPolicy>`, before
+//! the text. Blocks of users without limits are exactly as before: no larger, no lookup.
 
 use std::alloc::{self, Layout};
 use std::borrow::Borrow;
@@ -13,8 +17,12 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{self, AtomicU32, Ordering};
+use std::sync::Arc;
 
-/// One user: the request path that selects it and the `HOST:PORT` its tunnels go to.
+use crate::control::policy::UserPolicy;
+
+/// One user: the request path that selects it and the `HOST:PORT` its tunnels go to, and
+/// its limits if it has any.
 ///
 /// A thin, reference-counted handle: one pointer to one heap block holding a small
 /// header and the path followed by the destination. Cloning it shares the block, so a
@@ -32,7 +40,8 @@ struct Header {
     /// Handles sharing the block. Every table and every tunnel holds one; far fewer than
     /// `MAX_REFS` can exist (each needs memory or a file descriptor).
     refs: AtomicU32,
-    /// Bytes of path at the start of the text.
+    /// Bytes of path at the start of the text; the top bit ([`HAS_POLICY`]) says the
+    /// block holds an `Arc<UserPolicy>` after the header.
     path_len: u32,
     /// Bytes of text: path then destination.
     text_len: u32,
@@ -41,6 +50,18 @@ struct Header {
 /// Above this many handles [`Route::clone`] aborts, as `Arc` does near `isize::MAX`: a
 /// count that wraps would free a block still in use.
 const MAX_REFS: u32 = i32::MAX as u32;
+
+/// The flag bit in `path_len`: the block carries a policy. Paths are far shorter than 2 GiB
+/// (a request head is at most 16 KiB, a controller body 2 MiB).
+const HAS_POLICY: u32 = 1 << 31;
+
+/// Where a block's parts are: its layout, the offset of the policy (if it has one) and of
+/// the text.
+struct Parts {
+    layout: Layout,
+    policy: Option<usize>,
+    text: usize,
+}
 
 // SAFETY: the block is immutable once built but for `refs`, which is atomic; the handle
 // is as shareable across threads as an `Arc<str>`.
@@ -56,41 +77,89 @@ impl Route {
     /// If path and destination together exceed `u32::MAX` bytes: the controller takes
     /// bodies of at most 2 MiB, and a request head is at most 16 KiB.
     pub fn new(path: &str, dst: &str) -> Self {
-        let path_len = u32::try_from(path.len()).expect("route path under 4 GiB");
+        Self::with_policy(path, dst, None)
+    }
+
+    /// A route as [`Route::new`], carrying the user's shared limits if it has any.
+    ///
+    /// # Panics
+    /// As [`Route::new`], and if the path is 2 GiB or longer.
+    pub fn with_policy(path: &str, dst: &str, policy: Option<Arc<UserPolicy>>) -> Self {
+        let path_len = u32::try_from(path.len())
+            .ok()
+            .filter(|&n| n < HAS_POLICY)
+            .expect("route path under 2 GiB");
         let text_len = path
             .len()
             .checked_add(dst.len())
             .and_then(|n| u32::try_from(n).ok())
             .expect("route text under 4 GiB");
-        let layout = Self::layout(text_len);
+        let parts = Self::parts(text_len, policy.is_some());
         // SAFETY: the layout has a non-zero size (the header); a null result is handled.
-        let raw = unsafe { alloc::alloc(layout) }.cast::<Header>();
+        let raw = unsafe { alloc::alloc(parts.layout) }.cast::<Header>();
         let Some(block) = NonNull::new(raw) else {
-            alloc::handle_alloc_error(layout);
+            alloc::handle_alloc_error(parts.layout);
         };
-        // SAFETY: `block` is a fresh allocation of `layout`: a header, then `text_len`
-        // bytes, which the two copies fill exactly.
+        let flag = if policy.is_some() { HAS_POLICY } else { 0 };
+        // SAFETY: `block` is a fresh allocation of `parts.layout`: a header, the policy
+        // slot (when flagged, at an offset `Layout::extend` aligned for an `Arc`), then
+        // `text_len` bytes, which the two copies fill exactly.
         unsafe {
             block.as_ptr().write(Header {
                 refs: AtomicU32::new(1),
-                path_len,
+                path_len: path_len | flag,
                 text_len,
             });
-            let text = Self::text_ptr(block);
+            if let (Some(offset), Some(policy)) = (parts.policy, policy) {
+                let slot = block
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(offset)
+                    .cast::<Arc<UserPolicy>>();
+                slot.write(policy);
+            }
+            let text = block.as_ptr().cast::<u8>().add(parts.text);
             ptr::copy_nonoverlapping(path.as_ptr(), text, path.len());
             ptr::copy_nonoverlapping(dst.as_ptr(), text.add(path.len()), dst.len());
         }
         Self { block }
     }
 
+    /// The user's shared limits, if it has any: one bit test for a user without.
+    pub fn policy(&self) -> Option<&Arc<UserPolicy>> {
+        let header = self.header();
+        if header.path_len & HAS_POLICY == 0 {
+            return None;
+        }
+        let offset = Self::parts(header.text_len, true).policy?;
+        // SAFETY: a flagged block was written with an `Arc<UserPolicy>` at this offset by
+        // `with_policy`, never written again, and dropped only with the block.
+        Some(unsafe {
+            &*self
+                .block
+                .as_ptr()
+                .cast::<u8>()
+                .add(offset)
+                .cast::<Arc<UserPolicy>>()
+        })
+    }
+
     pub fn path(&self) -> &str {
-        let len = self.header().path_len as usize;
+        let len = self.path_len();
         &self.text()[..len]
     }
 
     pub fn dst(&self) -> &str {
-        let len = self.header().path_len as usize;
+        let len = self.path_len();
         &self.text()[len..]
+    }
+
+    fn path_len(&self) -> usize {
+        (self.header().path_len & !HAS_POLICY) as usize
+    }
+
+    fn has_policy(&self) -> bool {
+        self.header().path_len & HAS_POLICY != 0
     }
 
     fn header(&self) -> &Header {
@@ -101,31 +170,46 @@ impl Route {
 
     /// Path and destination, one after the other.
     fn text(&self) -> &str {
-        let len = self.header().text_len as usize;
-        // SAFETY: `new` copied `len` bytes of two `&str`s there, split at a `&str`
+        let header = self.header();
+        let len = header.text_len as usize;
+        let offset = Self::parts(header.text_len, self.has_policy()).text;
+        // SAFETY: `new` copied `len` bytes of two `&str`s at this offset, split at a `&str`
         // boundary, and they are never written again: valid UTF-8 for the block's life.
         unsafe {
-            let bytes = std::slice::from_raw_parts(Self::text_ptr(self.block), len);
+            let start = self.block.as_ptr().cast::<u8>().add(offset);
+            let bytes = std::slice::from_raw_parts(start, len);
             std::str::from_utf8_unchecked(bytes)
         }
     }
 
-    fn layout(text_len: u32) -> Layout {
+    /// The layout of a block and where its parts start. Without a policy: the header, then
+    /// the text (as before policies existed). With one: the header, the `Arc`, the text.
+    fn parts(text_len: u32, with_policy: bool) -> Parts {
+        let header = Layout::new::<Header>();
         // Checked: on a 32-bit target the sum could wrap and under-allocate.
-        let size = size_of::<Header>()
-            .checked_add(text_len as usize)
-            .expect("route block size");
-        Layout::from_size_align(size, align_of::<Header>()).expect("route block layout")
+        let text = Layout::array::<u8>(text_len as usize).expect("route block size");
+        if !with_policy {
+            let (layout, text) = header.extend(text).expect("route block layout");
+            return Parts {
+                layout,
+                policy: None,
+                text,
+            };
+        }
+        let (layout, policy) = header
+            .extend(Layout::new::<Arc<UserPolicy>>())
+            .expect("route block layout");
+        let (layout, text) = layout.extend(text).expect("route block layout");
+        Parts {
+            layout,
+            policy: Some(policy),
+            text,
+        }
     }
 
-    /// Where the text starts: right after the header.
-    ///
-    /// # Safety
-    /// `block` must point to a route block.
-    unsafe fn text_ptr(block: NonNull<Header>) -> *mut u8 {
-        // SAFETY: a route block is at least a header long, so one past the header is in
-        // (or one past the end of) the same allocation, as the caller promises.
-        unsafe { block.as_ptr().cast::<u8>().add(size_of::<Header>()) }
+    #[cfg(test)]
+    fn layout(text_len: u32) -> Layout {
+        Self::parts(text_len, false).layout
     }
 }
 
@@ -151,15 +235,25 @@ impl Drop for Route {
             return;
         }
         atomic::fence(Ordering::Acquire);
-        let layout = Self::layout(self.header().text_len);
-        // SAFETY: this was the last handle; the block came from `alloc` with this layout.
-        unsafe { alloc::dealloc(self.block.as_ptr().cast(), layout) };
+        let parts = Self::parts(self.header().text_len, self.has_policy());
+        // SAFETY: this was the last handle. A flagged block holds an `Arc<UserPolicy>` at
+        // `parts.policy`, written once by `with_policy`: it is dropped exactly once, here.
+        // The block came from `alloc` with this layout.
+        unsafe {
+            if let Some(offset) = parts.policy {
+                let slot = self.block.as_ptr().cast::<u8>().add(offset);
+                ptr::drop_in_place(slot.cast::<Arc<UserPolicy>>());
+            }
+            alloc::dealloc(self.block.as_ptr().cast(), parts.layout);
+        }
     }
 }
 
 impl PartialEq for Route {
     fn eq(&self, other: &Self) -> bool {
-        self.text() == other.text() && self.header().path_len == other.header().path_len
+        self.text() == other.text()
+            && self.header().path_len == other.header().path_len
+            && self.policy().map(Arc::as_ptr) == other.policy().map(Arc::as_ptr)
     }
 }
 impl Eq for Route {}
@@ -169,6 +263,7 @@ impl fmt::Debug for Route {
         f.debug_struct("Route")
             .field("path", &self.path())
             .field("dst", &self.dst())
+            .field("policy", &self.policy().map(|p| p.limits()))
             .finish()
     }
 }
@@ -257,6 +352,16 @@ impl RouteTable {
     }
 }
 
+impl RouteChange {
+    /// The routes this change adds or replaces.
+    pub fn upserted(&self) -> &[Route] {
+        match self {
+            RouteChange::Upsert(routes) | RouteChange::Sync { upsert: routes, .. } => routes,
+            RouteChange::Remove(_) | RouteChange::Clear => &[],
+        }
+    }
+}
+
 /// One batch of changes, applied whole by every table that receives it.
 #[derive(Debug)]
 pub enum RouteChange {
@@ -295,7 +400,32 @@ mod tests {
         assert_eq!(route("/a", "bc"), route("/a", "bc"));
         assert_eq!(
             format!("{:?}", route("/p", "d:1")),
-            r#"Route { path: "/p", dst: "d:1" }"#
+            r#"Route { path: "/p", dst: "d:1", policy: None }"#
+        );
+    }
+
+    #[test]
+    fn a_route_with_limits_carries_one_shared_policy() {
+        use crate::control::policy::Limits;
+        let limits = Limits {
+            conn_limit: 2,
+            ..Limits::default()
+        };
+        let policy = Arc::new(UserPolicy::new(&limits));
+        let limited = Route::with_policy("/limited", "[::1]:443", Some(Arc::clone(&policy)));
+        assert_eq!((limited.path(), limited.dst()), ("/limited", "[::1]:443"));
+        assert!(Arc::ptr_eq(limited.policy().unwrap(), &policy));
+        let copies: Vec<Route> = (0..3).map(|_| limited.clone()).collect();
+        assert_eq!(Arc::strong_count(&policy), 2);
+        drop(limited);
+        assert_eq!(copies[2].policy().unwrap().limits(), limits);
+        drop(copies);
+        // The last handle dropped the block's `Arc`.
+        assert_eq!(Arc::strong_count(&policy), 1);
+        assert!(route("/plain", "h:1").policy().is_none());
+        assert_ne!(
+            Route::with_policy("/a", "h:1", Some(policy)),
+            route("/a", "h:1")
         );
     }
 

@@ -414,6 +414,8 @@ mod tests {
             tunnels_opened: 1,
             tunnels_open: clients.len() as u64,
             clients: clients.iter().map(|c| c.to_string()).collect(),
+            limits: Default::default(),
+            quota_left: None,
         }
     }
 

@@ -2,8 +2,10 @@
 //! keep-alive for ordinary web requests), the route lookup, the upgrade checks of RFC 6455,
 //! the choice of mode, and the `101` that hands the connection to a tunnel.
 //!
-//! Strangers get what an nginx would give them (a 404 page); only a known path with a valid
-//! upgrade reaches [`crate::tunnel::plain`] or [`crate::tunnel::mux`]. Nothing here reads frames.
+//! Strangers get what an nginx would give them (a 404 page), and so does a user over one
+//! of its limits (connections, devices, quota, expiry: a probe learns nothing; the reason
+//! is logged and counted); only a known path with a valid upgrade, admitted, reaches
+//! [`crate::tunnel::plain`] or [`crate::tunnel::mux`]. Nothing here reads frames.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::time::Instant;
 
+use crate::control::policy::Admission;
 use crate::control::registry::{Kind, Refusal};
 use crate::control::routes::Route;
 use crate::net::dial;
@@ -162,6 +165,8 @@ struct UpgradeRequest<S> {
     stream: S,
     head: RequestHead,
     route: Route,
+    /// The connection's place in the user's limits, if the user has any.
+    admission: Option<Admission>,
     /// Bytes that came after the head (the client's first frames, if it did not wait).
     early: Vec<u8>,
 }
@@ -192,7 +197,7 @@ where
         return;
     };
     let route = request.route.clone();
-    let Some(ready) = Box::pin(upgrade(request, peer, ctx)).await else {
+    let Some((ready, admission)) = Box::pin(upgrade(request, peer, ctx)).await else {
         return;
     };
     match ready {
@@ -201,7 +206,9 @@ where
             writer,
             dst,
         } => {
-            let ticket = ctx.stats.open(route.path(), Kind::Plain, peer.addr());
+            let ticket = ctx
+                .stats
+                .open(route.path(), Kind::Plain, peer.addr(), admission);
             let end = Box::pin(plain::run(reader, writer, dst, ticket)).await;
             log::debug!(
                 "client {peer} path {}: plain tunnel ended: {end:?}",
@@ -209,7 +216,9 @@ where
             );
         }
         Ready::Mux { reader, writer } => {
-            let ticket = ctx.stats.open(route.path(), Kind::MuxSession, peer.addr());
+            let ticket = ctx
+                .stats
+                .open(route.path(), Kind::MuxSession, peer.addr(), admission);
             let idle_timeout = ctx.settings.idle_timeout;
             let end = Box::pin(crate::tunnel::mux::run(
                 reader,
@@ -285,19 +294,41 @@ where
         // The last request a connection may carry is answered with `Connection: close`.
         let keep_alive = head.keep_alive() && !has_body && served < MAX_REQUESTS;
         let with_body = head.method != "HEAD";
+        let mut admission = None;
         let refusal = match &route {
             None => {
                 ctx.stats.metrics.refuse(Refusal::UnknownPath);
                 log::debug!("client {peer}: {} {}: 404", head.method, head.target);
                 Some((404, ""))
             }
-            Some(route) => check_upgrade(&head).err().inspect(|(status, _)| {
-                ctx.stats.metrics.refuse(Refusal::BadUpgrade);
-                log::debug!(
-                    "client {peer} path {}: not a valid upgrade: {status}",
-                    route.path()
-                )
-            }),
+            Some(route) => match check_upgrade(&head) {
+                Err((status, extra)) => {
+                    ctx.stats.metrics.refuse(Refusal::BadUpgrade);
+                    log::debug!(
+                        "client {peer} path {}: not a valid upgrade: {status}",
+                        route.path()
+                    );
+                    Some((status, extra))
+                }
+                // A limited user: the same 404 as an unknown path when over a limit.
+                Ok(()) => match route.policy().map(|p| p.admit(peer.addr().map(|a| a.ip()))) {
+                    Some(Err(denied)) => {
+                        let why = Refusal::from(denied);
+                        ctx.stats.metrics.refuse(why);
+                        log::debug!(
+                            "client {peer} path {}: refused: {}",
+                            route.path(),
+                            why.label()
+                        );
+                        Some((404, ""))
+                    }
+                    Some(Ok(admitted)) => {
+                        admission = Some(admitted);
+                        None
+                    }
+                    None => None,
+                },
+            },
         };
         if let Some((status, extra)) = refusal {
             if ctx.settings.fallback.is_some() {
@@ -329,6 +360,7 @@ where
             stream,
             head,
             route,
+            admission,
             early: buf,
         });
     }
@@ -336,8 +368,12 @@ where
 }
 
 /// Answers a valid upgrade: dials `dst` for a plain tunnel (a 502 if it cannot be
-/// reached), sends the `101`, and hands back the tunnel's two ends.
-async fn upgrade<S>(request: UpgradeRequest<S>, peer: Peer, ctx: &Context) -> Option<Ready<S>>
+/// reached), sends the `101`, and hands back the tunnel's two ends with its admission.
+async fn upgrade<S>(
+    request: UpgradeRequest<S>,
+    peer: Peer,
+    ctx: &Context,
+) -> Option<(Ready<S>, Option<Admission>)>
 where
     S: AsyncReadRent + AsyncWriteRent + Splitable,
     S::OwnedRead: AsyncReadRent + Readiness,
@@ -347,6 +383,7 @@ where
         mut stream,
         head,
         route,
+        admission,
         early,
     } = request;
     let (mode, protocol) = choose_mode(&head.ws_protocols, ctx.settings.mux_default);
@@ -383,15 +420,18 @@ where
                 route.path(),
                 route.dst()
             );
-            Some(Ready::Plain {
-                reader,
-                writer,
-                dst,
-            })
+            Some((
+                Ready::Plain {
+                    reader,
+                    writer,
+                    dst,
+                },
+                admission,
+            ))
         }
         None => {
             log::debug!("client {peer} path {}: mux session open", route.path());
-            Some(Ready::Mux { reader, writer })
+            Some((Ready::Mux { reader, writer }, admission))
         }
     }
 }

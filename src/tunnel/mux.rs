@@ -35,6 +35,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Instant;
 
+use crate::control::policy::Direction;
 use crate::control::registry::Ticket;
 use crate::control::routes::Route;
 use crate::net::dial;
@@ -384,6 +385,10 @@ where
                         stream.queue.borrow_mut().extend_from_slice(bytes);
                         stream.wake_task();
                         budget.spend(len).await;
+                        // A limited user's hook (speed, quota): the session stops reading.
+                        if let Some(policy) = session.ticket.policy() {
+                            session.ticket.charge(&policy, Direction::Up, len).await;
+                        }
                     }
                 }
             }
@@ -657,6 +662,9 @@ async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
         budget.spend(n).await;
         if sent.is_err() {
             return;
+        }
+        if let Some(policy) = session.ticket.policy() {
+            session.ticket.charge(&policy, Direction::Down, n).await;
         }
     }
 }

@@ -20,6 +20,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use crate::control::policy::Direction;
 use crate::control::registry::{Closing, Ticket};
 use crate::net::dial::{reset_on_close, split_dst};
 use crate::net::transport::Readiness;
@@ -192,6 +193,10 @@ where
                         return TunnelEnd::BackendError;
                     }
                     budget.spend(len).await;
+                    // A limited user's hook (speed, quota); one branch for the others.
+                    if let Some(policy) = ticket.policy() {
+                        ticket.charge(&policy, Direction::Up, len).await;
+                    }
                 }
                 Ok(Incoming::Ping) => {
                     let pong = client.control_payload().to_vec();
@@ -284,6 +289,9 @@ where
             return TunnelEnd::ClientGone;
         }
         budget.spend(n).await;
+        if let Some(policy) = ticket.policy() {
+            ticket.charge(&policy, Direction::Down, n).await;
+        }
         if n == size && size < MAX_BUFFER {
             size = (size * 2).min(MAX_BUFFER);
         } else if n < INITIAL_BUFFER / 2 && size > INITIAL_BUFFER {

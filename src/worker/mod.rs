@@ -141,6 +141,10 @@ impl Answer for Context {
         match request {
             Request::Routes(change) => {
                 self.routes.borrow_mut().apply(change);
+                // Open tunnels of these users take their new limits (or lose them).
+                for route in change.upserted() {
+                    self.stats.attach(route.path(), route.policy());
+                }
                 Reply::Applied
             }
             Request::Stats { paths, reset } => {

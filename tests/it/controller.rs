@@ -108,7 +108,7 @@ fn command_errors_are_res_2_and_change_nothing() {
     let cases = [
         (r#"{}"#, "invalid opt"),
         (r#"{"opt":0}"#, "invalid opt"),
-        (r#"{"opt":7}"#, "invalid opt"),
+        (r#"{"opt":10}"#, "invalid opt"),
         (r#"{"opt":-1}"#, "invalid opt"),
         (
             r#"{"args_bunch":[{"path":"/a","dst":"h:1"}]}"#,

@@ -10,6 +10,8 @@
 //! - [`tunnel`]: the plain tunnel end to end, over TLS and plain TCP.
 //! - [`mux`]: the multiplexed tunnel against the Go peer (xtaci/smux).
 //! - [`controller`]: the controller's commands and errors over real HTTP.
+//! - [`policy`]: per-user limits (speed, devices, connections, quota, expiry) and lossless
+//!   billing reports.
 //! - [`operations`]: what operators run: auth, counters, metrics, sync, kick, state.
 //! - [`startup`]: flags, exit codes, TLS files, a busy port.
 //! - [`goflag`]: our argv reading against Go's own `flag` package, 190,000 inputs.
@@ -27,6 +29,7 @@ mod goflag;
 mod hostile;
 mod mux;
 mod operations;
+mod policy;
 mod properties;
 mod shutdown;
 mod soak;

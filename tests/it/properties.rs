@@ -16,7 +16,7 @@ mod harness;
 use std::path::Path;
 
 use harness::{SmuxEvent, WsEvent, WsOutcome};
-use mtt_mu_server::controller::{self, Command, CommandError};
+use mtt_mu_server::controller::{self, Command, CommandError, Limits, NewUser};
 use mtt_mu_server::http::{self, HeadError, RequestHead};
 use mtt_mu_server::routes::Route;
 use mtt_mu_server::ws::ProtocolError;
@@ -1031,10 +1031,10 @@ proptest! {
             if opt_first { format!("{{{o},{a}}}") } else { format!("\n{{ {a} , {o} }}\n") }
         };
         let add = body(1);
-        prop_assert_eq!(controller::parse_command(add.as_bytes()), Ok(Command::Add(users.iter().map(|(p, d)| Route::new(p, d)).collect())));
+        prop_assert_eq!(controller::parse_command(add.as_bytes()), Ok(Command::Add(users.iter().map(|(p, d)| NewUser { route: Route::new(p, d), limits: Limits::default() }).collect())));
         let _ = harness::controller_check(add.as_bytes());
         let paths: Vec<String> = users.into_iter().map(|(p, _)| p).collect();
-        prop_assert_eq!(controller::parse_command(body(2).as_bytes()), Ok(Command::Del(paths)));
+        prop_assert_eq!(controller::parse_command(body(2).as_bytes()), Ok(Command::Del { paths, kick: false }));
     }
 
     /// Arbitrary JSON values never panic and mean what the controller's contract says
