@@ -1,6 +1,7 @@
 //! Unit tests of [`super`]: edge cases of the codec, checked byte by byte.
 
 use super::*;
+use testkit::rng::Rng;
 
 /// A decoded event with its payload bytes, adjacent data for one stream
 /// merged, so that results of different input splits compare equal.
@@ -54,26 +55,12 @@ fn run(chunks: &[&[u8]]) -> Result<Vec<Ev>, SmuxError> {
     Ok(out)
 }
 
-/// The kit's seeded generator (`testkit::rng`).
-struct Rng(testkit::rng::Rng);
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(testkit::rng::Rng::new(seed))
-    }
-    fn next(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        self.0.below(n as u64) as usize
-    }
-}
-
 /// Splits `data` into random chunks (some empty) of up to `max` bytes.
 fn random_chunks<'a>(rng: &mut Rng, data: &'a [u8], max: usize) -> Vec<&'a [u8]> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < data.len() {
-        let k = rng.below(max + 1).min(data.len() - pos);
+        let k = (rng.below(max as u64 + 1) as usize).min(data.len() - pos);
         out.push(&data[pos..pos + k]);
         pos += k;
     }
@@ -269,11 +256,11 @@ fn random_valid_streams() {
     for _ in 0..200 {
         let mut s = Vec::new();
         let mut want: Vec<Ev> = Vec::new();
-        for _ in 0..rng.below(20) {
+        for _ in 0..rng.below(20) as usize {
             let sid = rng.below(4) as u32 * 2 + 1;
-            let len = [0, 1, 7, 8, 9, 300, 20000][rng.below(7)];
-            let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            let cmd = [Cmd::Syn, Cmd::Fin, Cmd::Psh, Cmd::Nop][rng.below(4)];
+            let len = [0, 1, 7, 8, 9, 300, 20000][rng.below(7) as usize];
+            let payload: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            let cmd = [Cmd::Syn, Cmd::Fin, Cmd::Psh, Cmd::Nop][rng.below(4) as usize];
             s.extend(frame(cmd, sid, &payload));
             match cmd {
                 Cmd::Syn => want.push(Ev::Syn(sid)),
@@ -286,7 +273,7 @@ fn random_valid_streams() {
                 },
             }
         }
-        let max = [1, 5, 64, 4096, 70000][rng.below(5)];
+        let max = [1, 5, 64, 4096, 70000][rng.below(5) as usize];
         let chunks = random_chunks(&mut rng, &s, max);
         assert_eq!(run(&chunks), Ok(want));
     }
@@ -296,11 +283,11 @@ fn random_valid_streams() {
 fn garbage_never_panics() {
     let mut rng = Rng::new(0xDEAD_BEEF_CAFE_F00D);
     for round in 0..3000 {
-        let len = rng.below(2000);
+        let len = rng.below(2000) as usize;
         // Half the rounds bias bytes toward valid headers to go deeper.
         let data: Vec<u8> = (0..len)
             .map(|_| {
-                let b = rng.next() as u8;
+                let b = rng.next_u64() as u8;
                 if round % 2 == 0 {
                     b % 5
                 } else {
@@ -309,7 +296,7 @@ fn garbage_never_panics() {
             })
             .collect();
         let mut d = Decoder::new();
-        let max = 1 + rng.below(64);
+        let max = 1 + rng.below(64) as usize;
         for chunk in random_chunks(&mut rng, &data, max) {
             let mut pos = 0;
             while pos <= chunk.len() {
