@@ -541,7 +541,9 @@ impl Ticket {
             }
         }
         if !charge.wait.is_zero() {
-            monoio::time::sleep(charge.wait).await;
+            // Boxed: a timer is several hundred bytes (and 128-byte aligned), and inline
+            // it would take room in every tunnel's future, limited or not.
+            Box::pin(monoio::time::sleep(charge.wait)).await;
         }
     }
 
