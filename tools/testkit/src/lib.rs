@@ -25,6 +25,8 @@
 //!   the health checks every hostile case ends with.
 //! - [`hostile`]: the hostile-input suite's cases: a bad thing sent, the answer asserted.
 //! - [`gopeer`]: the Go peer (gorilla/websocket + xtaci/smux), built once, and its data.
+//! - [`programs`]: the outside programs tests need (Go, nginx, promtool, Chromium, ...):
+//!   found on PATH, or the test skips loudly, except under CI, where it fails.
 //! - [`prelude`]: what most tests use, in one import.
 
 pub mod backend;
@@ -32,6 +34,7 @@ pub mod gopeer;
 pub mod hostile;
 pub mod http;
 pub mod procfs;
+pub mod programs;
 pub mod records;
 pub mod rng;
 pub mod server;
