@@ -21,8 +21,9 @@
 //! - [`sock`]: raw-socket behaviour: reading to the close, pushing until blocked,
 //!   trickling, resets, sockets that refuse or black-hole connections.
 //! - [`backend`]: destinations the server dials: echo, capture, counting, flooding, recording.
-//! - [`server`]: starting the server binary on ephemeral ports and asking its controller;
-//!   the health checks every hostile case ends with.
+//! - [`server`]: starting the server binary (ours, or a package's) on ephemeral ports and
+//!   asking its controller; per-test directories; the health checks every hostile case ends
+//!   with.
 //! - [`hostile`]: the hostile-input suite's cases: a bad thing sent, the answer asserted.
 //! - [`gopeer`]: the Go peer (gorilla/websocket + xtaci/smux), built once, and its data.
 //! - [`programs`]: the outside programs tests need (Go, nginx, promtool, Chromium, ...):
