@@ -11,6 +11,9 @@
 //! - [`mux`]: the multiplexed tunnel against the Go peer (xtaci/smux).
 //! - [`controller`]: the controller's commands and errors over real HTTP.
 //! - [`operations`]: what operators run: auth, counters, metrics, sync, kick, state.
+//! - [`service`]: running as a system service: the Debian package and its systemd unit,
+//!   JSON and journal logs, the man page, promtool on the metrics and alert rules, the
+//!   /status page in Chromium.
 //! - [`startup`]: flags, exit codes, TLS files, a busy port.
 //! - [`goflag`]: our argv reading against Go's own `flag` package, 190,000 inputs.
 //! - [`shutdown`]: graceful shutdown and the connection cap.
@@ -28,6 +31,7 @@ mod hostile;
 mod mux;
 mod operations;
 mod properties;
+mod service;
 mod shutdown;
 mod soak;
 mod startup;
