@@ -472,10 +472,13 @@ fn status_page_draws_the_chart_and_the_table_in_chromium() {
         let (width, height, rgba) = decode_png(&shot);
         let expected: Vec<u32> = size.split(',').map(|n| n.parse().unwrap()).collect();
         assert_eq!((width, height), (expected[0], expected[1]));
-        // Beyond the legend's swatches (12x4 pixels each): the lines themselves.
+        // Beyond the legend's swatches (12x4 pixels each): the lines themselves. How long
+        // they are depends on how the 7 s of traffic fall between the 2 s samples (3 or 4
+        // rising points): on the phone's narrow chart the up line measured 266 to 390
+        // pixels, so the bound is well above a swatch and below the shortest line.
         let (down, up) = (count_color(&rgba, DOWN_LINE), count_color(&rgba, UP_LINE));
         assert!(
-            down > 300 && up > 300,
+            down > 200 && up > 200,
             "{name}: chart lines down {down} up {up} pixels"
         );
         let head = count_color(&rgba, TABLE_HEAD);
