@@ -14,7 +14,7 @@ command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-# Operating it as a service (tests/ops.rs): promtool (Debian's prometheus) checks /metrics
+# Operating it as a service (tests/it/service.rs): promtool (Debian's prometheus) checks /metrics
 # and the alert rules, headless Chromium the /status page, systemd-analyze the unit, man
 # the man page; adduser is what the package's postinst uses.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
@@ -41,7 +41,7 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-# The Debian package, built once (one release build) for tests/ops.rs, which unpacks it,
+# The Debian package, built once (one release build) for tests/it/service.rs, which unpacks it,
 # verifies its unit and runs the packaged binary; under CI it also installs, removes and
 # purges it with dpkg.
 if ! command -v cargo-deb >/dev/null 2>&1; then

@@ -11,23 +11,13 @@ use std::time::{Duration, Instant};
 
 use testkit::gopeer::gopeer;
 use testkit::prelude::*;
+use testkit::programs::tool;
 use testkit::sock::free_port;
 
-/// A program the test needs; in CI its absence is a failure, elsewhere a skip.
-fn need(program: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{program} is missing (./run-tests.sh installs it)"
-        );
-        eprintln!("SKIPPED: {program} is not installed; ./run-tests.sh installs it");
-    }
-    found
+/// Whether the programs `names` are all installed; when one is not, the test is skipped
+/// (under CI it fails instead: [`tool`]).
+fn need(names: &[&str], test: &str) -> bool {
+    names.iter().all(|name| tool(name, test).is_some())
 }
 
 /// A child process killed when dropped.
@@ -114,7 +104,10 @@ fn echo_once<S: Read + Write>(conn: &mut S, path: &str) {
 
 #[test]
 fn fallback_site_answers_probes_and_tunnels_still_work() {
-    if !need("nginx") || !need("curl") {
+    if !need(
+        &["nginx", "curl"],
+        "fallback_site_answers_probes_and_tunnels_still_work",
+    ) {
         return;
     }
     let dir = temp_dir("fallback");
@@ -173,7 +166,10 @@ fn fallback_site_answers_probes_and_tunnels_still_work() {
 
 #[test]
 fn nginx_terminates_tls_in_front_of_plain_mode_over_tcp_and_unix_socket() {
-    if !need("nginx") {
+    if !need(
+        &["nginx"],
+        "nginx_terminates_tls_in_front_of_plain_mode_over_tcp_and_unix_socket",
+    ) {
         return;
     }
     let dir = temp_dir("front");
@@ -225,7 +221,10 @@ fn nginx_terminates_tls_in_front_of_plain_mode_over_tcp_and_unix_socket() {
 
 #[test]
 fn haproxy_proxy_protocol_v1_and_v2_carry_the_client_address() {
-    if !need("haproxy") {
+    if !need(
+        &["haproxy"],
+        "haproxy_proxy_protocol_v1_and_v2_carry_the_client_address",
+    ) {
         return;
     }
     let server = Server::start(&["-proxy-protocol", "-verbose"]);

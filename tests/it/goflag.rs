@@ -21,8 +21,8 @@
 //!
 //! The Go program is built with `go build` (GOPATH mode, standard library only) into a
 //! temporary folder and run once; the command lines stream through it one JSON line each.
-//! Without a `go` command the test prints a loud note and passes as skipped, unless the `CI`
-//! environment variable is set: then it fails.
+//! Without a `go` command the test passes as skipped, loudly, except under CI, where it
+//! fails ([`testkit::programs::tool`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -34,6 +34,7 @@ use std::time::Instant;
 use mtt_mu_server::config::{self, GoSyntaxError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use testkit::programs::{run, tool};
 
 /// Random command lines, after the exhaustive ones, up to this many inputs in all.
 const INPUTS: usize = 190_000;
@@ -47,22 +48,7 @@ const SHOWN: usize = 10;
 
 /// Builds `tests/goflag` into a fresh folder under `dir`; `None` when there is no `go`.
 fn build_goflag(dir: &Path) -> Option<PathBuf> {
-    let go = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !go {
-        let msg = "the Go toolchain (`go`) is missing (apt-get install -y golang-go)";
-        if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-            panic!("CI is set and the Go flag cross-check needs Go, but {msg}");
-        }
-        eprintln!(
-            "\n################################################################\n\
-             ## SKIPPED: the Go flag cross-check needs Go, but {msg}\n\
-             ################################################################\n"
-        );
-        return None;
-    }
+    let go = tool("go", "the Go flag cross-check")?;
     std::fs::create_dir_all(dir).expect("create the Go build folder");
     let bin = dir.join("goflag");
     // As tests/gopeer/build.sh: the build cache must be writable even where HOME is not.
@@ -76,22 +62,15 @@ fn build_goflag(dir: &Path) -> Option<PathBuf> {
         })
         .filter(|c| std::fs::create_dir_all(c).is_ok())
         .unwrap_or_else(|| dir.join("gocache"));
-    let out = Command::new("go")
+    let (ok, text) = run(Command::new(go)
         .args(["build", "-o"])
         .arg(&bin)
         .arg(".")
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/goflag"))
         .env("GO111MODULE", "off")
         .env("GOFLAGS", "")
-        .env("GOCACHE", cache)
-        .output()
-        .expect("run go build");
-    assert!(
-        out.status.success(),
-        "building tests/goflag failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .env("GOCACHE", cache));
+    assert!(ok, "building tests/goflag failed:\n{text}");
     Some(bin)
 }
 

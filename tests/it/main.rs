@@ -13,6 +13,9 @@
 //! - [`policy`]: per-user limits (speed, devices, connections, quota, expiry) and lossless
 //!   billing reports.
 //! - [`operations`]: what operators run: auth, counters, metrics, sync, kick, state.
+//! - [`service`]: running as a system service: the Debian package and its systemd unit,
+//!   JSON and journal logs, the man page, promtool on the metrics and alert rules, the
+//!   /status page in Chromium.
 //! - [`startup`]: flags, exit codes, TLS files, a busy port.
 //! - [`goflag`]: our argv reading against Go's own `flag` package, 190,000 inputs.
 //! - [`shutdown`]: graceful shutdown and the connection cap.
@@ -31,6 +34,7 @@ mod mux;
 mod operations;
 mod policy;
 mod properties;
+mod service;
 mod shutdown;
 mod soak;
 mod startup;

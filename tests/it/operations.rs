@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use testkit::prelude::*;
+use testkit::programs::run_with_input;
 
 fn post_with(server: &Server, body: &str, auth: Option<&str>) -> (u16, Value) {
     let auth = auth
@@ -198,19 +199,10 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         out.setdefault(s.name, []).append([s.labels, s.value])
 print(json.dumps(out))
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = run_with_input(
+        Command::new("python3").args(["-c", script]),
+        page.as_bytes(),
+    );
     assert!(
         output.status.success(),
         "the Prometheus parser refused the page (is prometheus_client installed?):\n{page}"

@@ -3,9 +3,8 @@
 //! `tests/gopeer/build.sh`, run against a server, its JSON result read back; and the data
 //! it sends, recomputed here so that backends can prove which stream's bytes reached them.
 //!
-//! Without a Go toolchain (or Debian's Go packages) [`gopeer`] prints a loud note and
-//! gives `None` (the test passes as skipped), unless the `CI` environment variable is
-//! set: then it fails.
+//! Without a Go toolchain (or Debian's Go packages) [`gopeer`] gives `None` and the test
+//! passes as skipped, loudly, except under CI, where it fails ([`crate::programs::skip`]).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::backend::{fnv, ConnRecord, FNV_OFFSET};
+use crate::programs::{run, skip, tool};
 use crate::rng::XorShift64;
 use crate::server::{server_bin, Server};
 
@@ -28,30 +28,18 @@ pub fn gopeer() -> Option<&'static Path> {
 }
 
 fn build_gopeer() -> Option<PathBuf> {
-    let go = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|out| out.status.success());
-    let missing = if !go {
-        Some("the Go toolchain (`go`)".to_string())
-    } else {
-        ["github.com/xtaci/smux", "github.com/gorilla/websocket"]
-            .into_iter()
-            .find(|pkg| !Path::new("/usr/share/gocode/src").join(pkg).is_dir())
-            .map(|pkg| format!("the Go package {pkg}"))
-    };
-    if let Some(what) = missing {
-        let msg = format!(
-            "{what} is missing (apt-get install -y golang-go golang-github-xtaci-smux-dev \
-             golang-github-gorilla-websocket-dev)"
-        );
-        if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-            panic!("CI is set and the mux tests need the Go peer, but {msg}");
-        }
-        eprintln!(
-            "\n################################################################\n\
-             ## SKIPPED: the mux tests need the Go peer, but {msg}\n\
-             ################################################################\n"
+    const WHAT: &str = "the mux tests (they need the Go peer)";
+    tool("go", WHAT)?;
+    let missing = ["github.com/xtaci/smux", "github.com/gorilla/websocket"]
+        .into_iter()
+        .find(|pkg| !Path::new("/usr/share/gocode/src").join(pkg).is_dir());
+    if let Some(pkg) = missing {
+        skip(
+            WHAT,
+            &format!(
+                "the Go package {pkg} is missing (apt-get install -y \
+                 golang-github-xtaci-smux-dev golang-github-gorilla-websocket-dev)"
+            ),
         );
         return None;
     }
@@ -59,20 +47,13 @@ fn build_gopeer() -> Option<PathBuf> {
     // whole binary. It goes beside the server binary, in cargo's target directory.
     let dir = server_bin().parent().expect("a directory").to_path_buf();
     let tmp = dir.join(format!("gopeer.{}.tmp", std::process::id()));
-    let out = Command::new("sh")
+    let (ok, text) = run(Command::new("sh")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../tests/gopeer/build.sh"
         ))
-        .arg(&tmp)
-        .output()
-        .expect("run tests/gopeer/build.sh");
-    assert!(
-        out.status.success(),
-        "building the Go peer failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&tmp));
+    assert!(ok, "building the Go peer failed:\n{text}");
     let bin = dir.join("gopeer");
     std::fs::rename(&tmp, &bin).expect("rename the Go peer");
     Some(bin)

@@ -21,10 +21,13 @@
 //! - [`sock`]: raw-socket behaviour: reading to the close, pushing until blocked,
 //!   trickling, resets, sockets that refuse or black-hole connections.
 //! - [`backend`]: destinations the server dials: echo, capture, counting, flooding, recording.
-//! - [`server`]: starting the server binary on ephemeral ports and asking its controller;
-//!   the health checks every hostile case ends with.
+//! - [`server`]: starting the server binary (ours, or a package's) on ephemeral ports and
+//!   asking its controller; per-test directories; the health checks every hostile case ends
+//!   with.
 //! - [`hostile`]: the hostile-input suite's cases: a bad thing sent, the answer asserted.
 //! - [`gopeer`]: the Go peer (gorilla/websocket + xtaci/smux), built once, and its data.
+//! - [`programs`]: the outside programs tests need (Go, nginx, promtool, Chromium, ...):
+//!   found on PATH, or the test skips loudly, except under CI, where it fails.
 //! - [`prelude`]: what most tests use, in one import.
 
 pub mod backend;
@@ -32,6 +35,7 @@ pub mod gopeer;
 pub mod hostile;
 pub mod http;
 pub mod procfs;
+pub mod programs;
 pub mod records;
 pub mod rng;
 pub mod server;

@@ -3,9 +3,10 @@
 //! and watched (log, memory, descriptors). Also the health checks every hostile case ends
 //! with: still serving, no panic, descriptors back to their baseline.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use tungstenite::Message;
 
 use crate::backend::echo_backend;
-use crate::http::{post_request, read_response};
+use crate::http::http_request;
 use crate::procfs;
 use crate::rng::pattern;
 use crate::sock::raw;
@@ -58,6 +59,9 @@ pub struct Server {
     pub tls: bool,
     /// Everything the server wrote to stderr so far.
     pub log: Arc<Mutex<String>>,
+    /// The controller's secret, from `-secret` or `-secret-file`: [`Server::post`] (and so
+    /// [`Server::add`] and [`Server::del`]) sends it, as a panel does.
+    pub secret: Option<String>,
 }
 
 impl Server {
@@ -84,21 +88,32 @@ impl Server {
     /// Starts the server with these flags (and `-c`, `-workers 2` unless given), without
     /// adding a `-b`; `data` is 0.0.0.0:0 when the server has no TCP data listener.
     pub fn start_raw(extra: &[&str]) -> Server {
-        let mut args: Vec<String> = Vec::new();
+        let mut args: Vec<&str> = Vec::new();
         if !extra.contains(&"-c") {
-            args.extend(["-c".into(), "127.0.0.1:0".into()]);
+            args.extend(["-c", "127.0.0.1:0"]);
         }
         if !extra.contains(&"-workers") {
-            args.extend(["-workers".into(), "2".into()]);
+            args.extend(["-workers", "2"]);
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(server_bin())
+        args.extend_from_slice(extra);
+        Server::start_binary(&server_bin(), &args, &[])
+    }
+
+    /// Starts `binary` (this build's, [`server_bin`], or another: a package's) with exactly
+    /// `args`, and `env` added to an environment without `JOURNAL_STREAM` (so the log is in
+    /// the format the flags ask for even when the tests run under systemd); waits for its
+    /// `ready:` line.
+    pub fn start_binary<A: AsRef<str>>(binary: &Path, args: &[A], env: &[(&str, &str)]) -> Server {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let mut child = Command::new(binary)
             .args(&args)
+            .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start server");
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -133,10 +148,21 @@ impl Server {
             }
             value.parse().unwrap()
         };
+        let secret = match (flag(&args, "secret"), flag(&args, "secret-file")) {
+            (Some(secret), _) => Some(secret.to_string()),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .unwrap_or_else(|e| panic!("-secret-file {file}: {e}"))
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
         Server {
             data: field("data="),
             controller: field("controller="),
             tls: ready.contains("mode=tls"),
+            secret,
             child,
             log,
         }
@@ -182,11 +208,39 @@ impl Server {
         self.child.try_wait().unwrap().is_none()
     }
 
-    /// POSTs a JSON body to the controller; returns the status and the parsed reply.
+    /// Everything the server wrote to stderr so far, as a copy.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// A request to the controller with `Connection: close` and the `headers` given (whole
+    /// lines, each ending in CRLF; no `Authorization` unless among them): status, head, body.
+    pub fn request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &str,
+        body: &str,
+    ) -> (u16, String, Vec<u8>) {
+        http_request(
+            self.controller,
+            &format!(
+                "{method} {target} HTTP/1.1\r\nHost: c\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    }
+
+    /// POSTs a JSON body to the controller, with the server's [`secret`](Server::secret)
+    /// as a Bearer token when it has one; returns the status and the parsed reply.
     pub fn post(&self, body: &str) -> (u16, serde_json::Value) {
-        let mut stream = raw(self.controller);
-        stream.write_all(&post_request(body.as_bytes())).unwrap();
-        let (status, _, body) = read_response(&mut stream);
+        let auth = self
+            .secret
+            .as_ref()
+            .map(|s| format!("Authorization: Bearer {s}\r\n"))
+            .unwrap_or_default();
+        let headers = format!("Content-Type: application/json\r\n{auth}");
+        let (status, _, body) = self.request("POST", "/", &headers, body);
         (status, serde_json::from_slice(&body).expect("JSON reply"))
     }
 
@@ -243,9 +297,50 @@ pub fn unique_path(name: &str) -> String {
     format!("/{name}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The value of the flag `name` in `args`, written as Go's flag package reads it: `-name v`,
+/// `--name v`, `-name=v` or `--name=v`. The last one given wins, as in the server.
+fn flag<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
+    let mut value = None;
+    for (i, arg) in args.iter().enumerate() {
+        let Some(rest) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+            continue;
+        };
+        if rest == name {
+            value = args.get(i + 1).copied().or(value);
+        } else if let Some(v) = rest.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            value = Some(v);
+        }
+    }
+    value
+}
+
+/// A directory of one test's, removed with everything in it when dropped. Use it as a
+/// [`Path`].
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh, empty directory for a test: unique within this process and across
-/// processes, readable by all (nginx's workers run as nobody).
-pub fn temp_dir(name: &str) -> PathBuf {
+/// processes, readable by all (nginx's workers run as nobody), removed when dropped.
+pub fn temp_dir(name: &str) -> TempDir {
     use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -257,7 +352,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
+    TempDir(dir)
 }
 
 /// A normal user is still served: a controller ping answers, and a new user's plain tunnel

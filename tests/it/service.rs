@@ -1,361 +1,66 @@
-//! Operating the server as a Linux service, checked with the real tools: the Debian package
+//! Running as a Linux system service, checked with the real tools: the Debian package
 //! (`cargo deb`, built once by run-tests.sh and named by `MTT_DEB`), its systemd unit
 //! (`systemd-analyze verify` and `security`), the packaged binary run with the packaged flags
 //! and a tunnel through it, `promtool` on `/metrics` and on the alert rules, the JSON and
 //! journal log formats, the man page, and the `/status` page in headless Chromium.
 //!
-//! A tool that is missing fails the test under CI (`CI` set: run-tests.sh installs them all)
-//! and skips it elsewhere with a loud message. Installing the package on this machine
-//! (`dpkg -i`, remove, purge) happens only under CI or with `MTT_DPKG_INSTALL=1`.
-//!
-//! Self-contained on purpose (its helpers are small copies of tests/common's), so it can
-//! move into the single integration binary as it is.
+//! A tool that is missing fails the test under CI and skips it elsewhere, loudly
+//! ([`testkit::programs::tool`]). Installing the package on this machine (`dpkg -i`,
+//! remove, purge) happens only under CI or with `MTT_DPKG_INSTALL=1`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::ServerName;
+use serde_json::Value;
+use testkit::prelude::*;
+use testkit::programs::{outcome, run, run_with_input, skip, tool, under_ci};
+use testkit::server::{server_bin, TempDir};
+use tungstenite::Message;
 
-/// Generous bound on anything a test waits for.
-const WAIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "ops-test-secret";
+const BEARER: &str = "Authorization: Bearer ops-test-secret\r\n";
 
-// ---------------------------------------------------------------------------------------
-// Tools and scratch space
-
-/// Whether this is the CI run, where every tool must be there.
-fn under_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+/// The controller's answer to `GET target` with these header lines, parsed as JSON.
+fn get_json(server: &Server, target: &str, headers: &str) -> Value {
+    let (status, head, body) = server.request("GET", target, headers, "");
+    serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {status} {head} {}", String::from_utf8_lossy(&body)))
 }
 
-/// The path of `name` on PATH; under CI a missing tool fails, elsewhere the test skips.
-fn tool(name: &str, test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            !under_ci(),
-            "{test}: {name} is missing; run-tests.sh installs it"
-        );
-        eprintln!("\n*** SKIPPED {test}: {name} is not installed (run-tests.sh installs it) ***\n");
-    }
-    found
-}
-
-/// A fresh directory for one test, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("mtt-ops-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn run(command: &mut Command) -> (bool, String) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
-}
-
-// ---------------------------------------------------------------------------------------
-// The server, its controller, and clients
-
-/// A running server process, killed when dropped.
-struct Server {
-    child: Child,
-    data: SocketAddr,
-    controller: SocketAddr,
-    tls: bool,
-    /// Everything it wrote to stderr so far.
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    /// The binary cargo built for these tests, with these flags.
-    fn start(args: &[&str]) -> Server {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        Server::start_binary(Path::new(env!("CARGO_BIN_EXE_mtt-mu-server")), &args, &[])
-    }
-
-    /// `binary` with `args` and extra environment; waits for its ready line.
-    fn start_binary(binary: &Path, args: &[String], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(binary)
-            .args(args)
-            .env_remove("JOURNAL_STREAM")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push_str(&line);
-                sink.lock().unwrap().push('\n');
-                if line.contains("ready:") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line);
-                    }
-                }
-            }
-        });
-        let Ok(ready) = rx.recv_timeout(WAIT) else {
-            let _ = child.kill();
-            panic!("server did not start: {}", log.lock().unwrap());
-        };
-        let field = |name: &str| -> SocketAddr {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no {name} in {ready}"))
-                .parse()
-                .unwrap()
-        };
-        Server {
-            data: field("data="),
-            controller: field("controller="),
-            tls: ready.contains("mode=tls"),
-            child,
-            log,
-        }
-    }
-
-    /// A request to the controller with `Connection: close`: status, head, body.
-    fn request(&self, method: &str, target: &str, headers: &str, body: &str) -> Response {
-        http(
-            self.controller,
-            &format!(
-                "{method} {target} HTTP/1.1\r\nHost: c\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ),
-        )
-    }
-
-    fn post(&self, auth: &str, body: &str) -> serde_json::Value {
-        let response = self.request("POST", "/", auth, body);
-        assert_eq!(response.status, 200, "{}", response.text());
-        let reply: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
-        assert_eq!(reply["res"], 1, "{reply}");
-        reply
-    }
-
-    /// A WebSocket to `path` on the data port (TLS when the server listens TLS).
-    fn ws(&self, path: &str) -> tungstenite::WebSocket<Conn> {
-        let tcp = TcpStream::connect(self.data).unwrap();
-        tcp.set_read_timeout(Some(WAIT)).unwrap();
-        let conn = if self.tls {
-            Conn::Tls(Box::new(rustls::StreamOwned::new(tls_client(), tcp)))
-        } else {
-            Conn::Plain(tcp)
-        };
-        let url = format!("ws://{}{path}", self.data);
-        tungstenite::client(url, conn)
-            .unwrap_or_else(|e| panic!("websocket to {path}: {e}"))
-            .0
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Response {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {} {}", self.head, self.text()))
-    }
-}
-
-/// Sends a raw request and reads the response to the end (the request says close).
-fn http(addr: SocketAddr, request: &str) -> Response {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    Response {
-        status,
-        head,
-        body: raw[split + 4..].to_vec(),
-    }
+/// The controller's answer to `GET target` with these header lines, as text.
+fn get_text(server: &Server, target: &str, headers: &str) -> String {
+    let (_, _, body) = server.request("GET", target, headers, "");
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// A destination that sends every chunk back twice, so "down" is twice "up" and the two
 /// lines of the throughput chart do not cover each other.
 fn doubling_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                let mut buf = vec![0; 64 * 1024];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0
-                        || stream.write_all(&buf[..n]).is_err()
-                        || stream.write_all(&buf[..n]).is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+    backend(|mut stream| {
+        let mut buf = vec![0; 64 * 1024];
+        while let Ok(n) = stream.read(&mut buf) {
+            let chunk = &buf[..n];
+            if n == 0 || stream.write_all(chunk).is_err() || stream.write_all(chunk).is_err() {
+                return;
+            }
         }
-    });
-    addr
+    })
 }
 
 /// Sends `message` through the tunnel and reads the doubled echo back.
-fn round_trip(ws: &mut tungstenite::WebSocket<Conn>, message: &[u8]) {
-    ws.send(tungstenite::Message::binary(message.to_vec()))
-        .unwrap();
+fn round_trip(ws: &mut Ws, message: &[u8]) {
+    ws.send(Message::binary(message.to_vec())).unwrap();
     let mut got = 0;
     while got < 2 * message.len() {
         match ws.read().unwrap() {
-            tungstenite::Message::Binary(b) => got += b.len(),
+            Message::Binary(b) => got += b.len(),
             other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(got, 2 * message.len());
-}
-
-/// A client stream, plain or TLS.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf),
-            Conn::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
-        }
-    }
-}
-
-/// A TLS client that accepts the server's self-signed certificate.
-fn tls_client() -> rustls::ClientConnection {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-        .unwrap()
-}
-
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-const SECRET: &str = "ops-test-secret";
-const BEARER: &str = "Authorization: Bearer ops-test-secret\r\n";
-
-fn add_user(server: &Server, path: &str, dst: SocketAddr) {
-    let body =
-        serde_json::json!({"opt": 1, "args_bunch": [{"path": path, "dst": dst.to_string()}]});
-    server.post(BEARER, &body.to_string());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -364,10 +69,6 @@ fn add_user(server: &Server, path: &str, dst: SocketAddr) {
 #[test]
 fn json_logs_are_one_object_a_line_with_side_user_and_client() {
     let server = Server::start(&[
-        "-b",
-        "127.0.0.1:0",
-        "-c",
-        "127.0.0.1:0",
         "-workers",
         "1",
         "-log-format",
@@ -376,22 +77,17 @@ fn json_logs_are_one_object_a_line_with_side_user_and_client() {
         "-secret",
         SECRET,
     ]);
-    let dst = doubling_echo();
-    add_user(&server, "/json user", dst);
-    let mut ws = server.ws("/json%20user");
+    server.add(&[("/json user", doubling_echo())]);
+    let mut ws = server.ws("/json%20user", &[]);
     round_trip(&mut ws, b"hello");
-    let client = ws.get_ref();
-    let Conn::Plain(tcp) = client else {
-        unreachable!()
-    };
-    let client = tcp.local_addr().unwrap().to_string();
+    let client = ws.get_ref().tcp().local_addr().unwrap().to_string();
     drop(ws);
     // A refused controller request, for a controller-side line.
-    assert_eq!(server.request("GET", "/metrics", "", "").status, 401);
+    assert_eq!(server.request("GET", "/metrics", "", "").0, 401);
     let deadline = Instant::now() + WAIT;
-    let lines: Vec<serde_json::Value> = loop {
-        let log = server.log();
-        let lines: Vec<serde_json::Value> = log
+    let lines: Vec<Value> = loop {
+        let log = server.log_text();
+        let lines: Vec<Value> = log
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
@@ -441,12 +137,10 @@ fn json_logs_are_one_object_a_line_with_side_user_and_client() {
 
 #[test]
 fn under_the_journal_text_lines_have_a_priority_and_no_timestamp() {
-    let args: Vec<String> = ["-b", "127.0.0.1:0", "-c", "127.0.0.1:0", "-force-tls"]
-        .map(String::from)
-        .to_vec();
-    let binary = Path::new(env!("CARGO_BIN_EXE_mtt-mu-server"));
-    let server = Server::start_binary(binary, &args, &[("JOURNAL_STREAM", "8:12345")]);
-    let log = server.log();
+    let args = ["-b", "127.0.0.1:0", "-c", "127.0.0.1:0", "-force-tls"];
+    let binary = server_bin();
+    let server = Server::start_binary(&binary, &args, &[("JOURNAL_STREAM", "8:12345")]);
+    let log = server.log_text();
     let warning = log
         .lines()
         .find(|l| l.contains("self-signed"))
@@ -455,8 +149,8 @@ fn under_the_journal_text_lines_have_a_priority_and_no_timestamp() {
     assert!(warning.starts_with("<4>WARN "), "{warning}");
     drop(server);
     // Outside the journal: the server's own timestamp first.
-    let server = Server::start_binary(binary, &args, &[]);
-    let log = server.log();
+    let server = Server::start_binary(&binary, &args, &[]);
+    let log = server.log_text();
     let warning = log.lines().find(|l| l.contains("self-signed")).unwrap();
     assert!(
         warning.split(' ').next().unwrap().parse::<f64>().is_ok(),
@@ -482,7 +176,7 @@ fn man_page(usage: &str) -> String {
     };
     let body: Vec<String> = usage.lines().map(escape).collect();
     format!(
-        r#".\" Generated from `mtt-mu-server -h` by tests/ops.rs (UPDATE_MAN=1 cargo test --test ops man_page); do not edit.
+        r#".\" Generated from `mtt-mu-server -h` by tests/it/service.rs (UPDATE_MAN=1 cargo test --test it service::man_page); do not edit.
 .TH MTT\-MU\-SERVER 8 "" "mtt\-mu\-server {version}" "System Administration"
 .SH NAME
 mtt\-mu\-server \- multi\-user WebSocket\-over\-TLS tunnel server of mos\-tls\-tunnel
@@ -521,10 +215,7 @@ the state directory (\-state), kept when the package is removed, deleted when pu
 
 #[test]
 fn man_page_is_the_usage_text() {
-    let output = Command::new(env!("CARGO_BIN_EXE_mtt-mu-server"))
-        .arg("-h")
-        .output()
-        .unwrap();
+    let output = Command::new(server_bin()).arg("-h").output().unwrap();
     assert!(output.status.success());
     let page = man_page(&String::from_utf8(output.stdout).unwrap());
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/mtt-mu-server.8");
@@ -535,7 +226,7 @@ fn man_page_is_the_usage_text() {
     assert!(
         shipped == page,
         "debian/mtt-mu-server.8 differs from `-h`; regenerate it with\n    \
-         UPDATE_MAN=1 cargo test --test ops man_page"
+         UPDATE_MAN=1 cargo test --test it service::man_page"
     );
     if let Some(man) = tool("man", "man_page_is_the_usage_text") {
         let (ok, text) = run(Command::new(man)
@@ -551,23 +242,10 @@ fn man_page_is_the_usage_text() {
 
 /// `promtool check metrics` on a page: the problems it lists (none is success).
 fn promtool_check_metrics(promtool: &Path, page: &str) -> (bool, String) {
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success() && text.trim().is_empty(), text)
+    let mut check = Command::new(promtool);
+    check.args(["check", "metrics"]);
+    let (ok, text) = outcome(&run_with_input(&mut check, page.as_bytes()));
+    (ok && text.trim().is_empty(), text)
 }
 
 #[test]
@@ -575,23 +253,13 @@ fn metrics_pass_promtool_and_export_the_certificate_expiry() {
     let Some(promtool) = tool("promtool", "metrics_pass_promtool") else {
         return;
     };
-    let server = Server::start(&[
-        "-b",
-        "127.0.0.1:0",
-        "-c",
-        "127.0.0.1:0",
-        "-force-tls",
-        "-metrics-per-user",
-        "-secret",
-        SECRET,
-    ]);
-    let dst = doubling_echo();
-    add_user(&server, "/metered \"user\"", dst);
-    let mut ws = server.ws("/metered%20%22user%22");
+    let server = Server::start(&["-force-tls", "-metrics-per-user", "-secret", SECRET]);
+    server.add(&[("/metered \"user\"", doubling_echo())]);
+    let mut ws = server.ws("/metered%20%22user%22", &[]);
     round_trip(&mut ws, &[7; 5000]);
     // A refusal, so a reason has a count.
-    assert_eq!(server.request("GET", "/nobody", "", "").status, 401);
-    let page = server.request("GET", "/metrics", BEARER, "").text();
+    assert_eq!(server.request("GET", "/nobody", "", "").0, 401);
+    let page = get_text(&server, "/metrics", BEARER);
     let (ok, problems) = promtool_check_metrics(&promtool, &page);
     assert!(ok, "promtool check metrics:\n{problems}\n{page}");
     let value = |name: &str| {
@@ -646,8 +314,8 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
 // The status page
 
 /// Headless Chromium on `url`, with `args` (`--dump-dom`, `--screenshot=...`); its stdout.
-fn chromium(chromium: &Path, scratch: &Scratch, args: &[String], url: &str) -> String {
-    let profile = scratch.path(&format!("profile-{}", args.join("").len()));
+fn chromium(chromium: &Path, scratch: &Path, args: &[String], url: &str) -> String {
+    let profile = scratch.join(format!("profile-{}", args.join("").len()));
     let output = Command::new(chromium)
         .args([
             "--headless",
@@ -717,36 +385,21 @@ fn status_page_draws_the_chart_and_the_table_in_chromium() {
     let Some(browser) = tool("chromium", "status_page_in_chromium") else {
         return;
     };
-    let scratch = Scratch::new("status");
-    let server = Server::start(&[
-        "-b",
-        "127.0.0.1:0",
-        "-c",
-        "127.0.0.1:0",
-        "-force-tls",
-        "-workers",
-        "2",
-        "-secret",
-        SECRET,
-    ]);
+    let scratch = temp_dir("status");
+    let server = Server::start(&["-force-tls", "-workers", "2", "-secret", SECRET]);
     // Behind the secret: a browser is asked for it (Basic), a panel sends it (Bearer).
-    let refused = server.request("GET", "/status", "", "");
-    assert_eq!(refused.status, 401);
-    assert!(
-        refused.head.contains("WWW-Authenticate: Basic"),
-        "{}",
-        refused.head
-    );
+    let (status, head, _) = server.request("GET", "/status", "", "");
+    assert_eq!(status, 401);
+    assert!(head.contains("WWW-Authenticate: Basic"), "{head}");
     let wrong = "Authorization: Basic b3A6d3Jvbmc=\r\n"; // op:wrong
-    assert_eq!(server.request("GET", "/status.json", wrong, "").status, 401);
+    assert_eq!(server.request("GET", "/status.json", wrong, "").0, 401);
     let dst = doubling_echo();
-    for i in 0..3 {
-        add_user(&server, &format!("/phone-user-{i}"), dst);
+    let paths: Vec<String> = (0..3).map(|i| format!("/phone-user-{i}")).collect();
+    for path in &paths {
+        server.add(&[(path, dst)]);
     }
     // Traffic over a few sampling periods (2 s each), rising, so the chart has a shape.
-    let mut tunnels: Vec<_> = (0..3)
-        .map(|i| server.ws(&format!("/phone-user-{i}")))
-        .collect();
+    let mut tunnels: Vec<_> = paths.iter().map(|p| server.ws(p, &[])).collect();
     let start = Instant::now();
     let mut round = 0;
     while start.elapsed() < Duration::from_secs(7) {
@@ -757,7 +410,7 @@ fn status_page_draws_the_chart_and_the_table_in_chromium() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let basic = "Authorization: Basic b3A6b3BzLXRlc3Qtc2VjcmV0\r\n"; // op:ops-test-secret
-    let json = server.request("GET", "/status.json", basic, "").json();
+    let json = get_json(&server, "/status.json", basic);
     assert_eq!(json["users"], 3);
     assert_eq!(json["tunnels_open"], 3);
     assert_eq!(json["client_ips_online"], 1);
@@ -777,9 +430,10 @@ fn status_page_draws_the_chart_and_the_table_in_chromium() {
         points.iter().any(|p| p[2].as_f64().unwrap() > 0.0),
         "{json}"
     );
-    let html = server.request("GET", "/status", BEARER, "");
-    assert_eq!(html.status, 200);
-    assert!(html.head.contains("Content-Type: text/html"));
+    let (status, head, html) = server.request("GET", "/status", BEARER, "");
+    assert_eq!(status, 200);
+    assert!(head.contains("Content-Type: text/html"));
+    let html = String::from_utf8_lossy(&html);
     for external in [
         "src=\"http",
         "href=\"http",
@@ -788,7 +442,7 @@ fn status_page_draws_the_chart_and_the_table_in_chromium() {
         "fetch(\"http",
     ] {
         assert!(
-            !html.text().contains(external),
+            !html.contains(external),
             "the page loads nothing from elsewhere"
         );
     }
@@ -802,7 +456,7 @@ fn status_page_draws_the_chart_and_the_table_in_chromium() {
     assert!(dom.contains("<polyline"), "{dom}");
 
     for (name, size) in [("desktop", "1280,1000"), ("phone", "390,1100")] {
-        let shot = scratch.path(&format!("{name}.png"));
+        let shot = scratch.join(format!("{name}.png"));
         chromium(
             &browser,
             &scratch,
@@ -818,10 +472,13 @@ fn status_page_draws_the_chart_and_the_table_in_chromium() {
         let (width, height, rgba) = decode_png(&shot);
         let expected: Vec<u32> = size.split(',').map(|n| n.parse().unwrap()).collect();
         assert_eq!((width, height), (expected[0], expected[1]));
-        // Beyond the legend's swatches (12x4 pixels each): the lines themselves.
+        // Beyond the legend's swatches (12x4 pixels each): the lines themselves. How long
+        // they are depends on how the 7 s of traffic fall between the 2 s samples (3 or 4
+        // rising points): on the phone's narrow chart the up line measured 266 to 390
+        // pixels, so the bound is well above a swatch and below the shortest line.
         let (down, up) = (count_color(&rgba, DOWN_LINE), count_color(&rgba, UP_LINE));
         assert!(
-            down > 300 && up > 300,
+            down > 200 && up > 200,
             "{name}: chart lines down {down} up {up} pixels"
         );
         let head = count_color(&rgba, TABLE_HEAD);
@@ -831,30 +488,23 @@ fn status_page_draws_the_chart_and_the_table_in_chromium() {
 
 #[test]
 fn status_page_with_ten_thousand_users_shows_one_page_and_a_search() {
-    let server = Server::start(&["-b", "127.0.0.1:0", "-c", "127.0.0.1:0", "-secret", SECRET]);
-    let users: Vec<_> = (0..10_000)
-        .map(|i| serde_json::json!({"path": format!("/u{i:05}"), "dst": "127.0.0.1:9"}))
-        .collect();
-    server.post(
-        BEARER,
-        &serde_json::json!({"opt": 1, "args_bunch": users}).to_string(),
-    );
+    let server = Server::start(&["-secret", SECRET]);
+    let paths: Vec<String> = (0..10_000).map(|i| format!("/u{i:05}")).collect();
+    let discard: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let users: Vec<(&str, SocketAddr)> = paths.iter().map(|p| (p.as_str(), discard)).collect();
+    server.add(&users);
     let started = Instant::now();
-    let json = server
-        .request("GET", "/status.json?page=7", BEARER, "")
-        .json();
+    let json = get_json(&server, "/status.json?page=7", BEARER);
     assert_eq!(json["users"], 10_000);
     assert_eq!(json["table"]["pages"], 200);
     assert_eq!(json["table"]["page"], 7);
     let rows = json["table"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 50);
     assert_eq!(rows[0]["path"], "/u00300");
-    let json = server
-        .request("GET", "/status.json?q=u0999", BEARER, "")
-        .json();
+    let json = get_json(&server, "/status.json?q=u0999", BEARER);
     assert_eq!(json["table"]["matched"], 10);
-    let page = server.request("GET", "/status?q=u09", BEARER, "");
-    assert!(page.body.len() < 64 * 1024, "{} bytes", page.body.len());
+    let (_, _, page) = server.request("GET", "/status?q=u09", BEARER, "");
+    assert!(page.len() < 64 * 1024, "{} bytes", page.len());
     eprintln!(
         "status of 10,000 users: three requests in {:?}",
         started.elapsed()
@@ -863,7 +513,7 @@ fn status_page_with_ten_thousand_users_shows_one_page_and_a_search() {
     let Some(browser) = tool("chromium", "status_page_with_ten_thousand_users") else {
         return;
     };
-    let scratch = Scratch::new("status-10k");
+    let scratch = temp_dir("status-10k");
     let url = format!("http://op:{SECRET}@{}/status", server.controller);
     let dom = chromium(&browser, &scratch, &["--dump-dom".into()], &url);
     assert_eq!(body_data(&dom, "users").as_deref(), Some("10000"), "{dom}");
@@ -883,21 +533,18 @@ fn status_page_with_ten_thousand_users_shows_one_page_and_a_search() {
 // The Debian package
 
 /// The package run-tests.sh built (`MTT_DEB`), unpacked into a scratch root.
-fn unpacked_package(test: &str) -> Option<(Scratch, PathBuf)> {
+fn unpacked_package(test: &str) -> Option<(TempDir, PathBuf)> {
     let Some(deb) = std::env::var_os("MTT_DEB").map(PathBuf::from) else {
-        assert!(
-            !under_ci(),
-            "{test}: MTT_DEB is not set: run-tests.sh builds the package"
-        );
-        eprintln!(
-            "\n*** SKIPPED {test}: no package; build it with `cargo deb` and set \
-             MTT_DEB=target/debian/mtt-mu-server_*.deb (run-tests.sh does) ***\n"
+        skip(
+            test,
+            "MTT_DEB names no package; build it with `cargo deb --strip` and set \
+             MTT_DEB=target/debian/mtt-mu-server_*.deb (run-tests.sh does)",
         );
         return None;
     };
     tool("dpkg-deb", test)?;
-    let scratch = Scratch::new(test);
-    let root = scratch.path("root");
+    let scratch = temp_dir(test);
+    let root = scratch.join("root");
     let (ok, text) = run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
     assert!(ok, "dpkg-deb -x {}: {text}", deb.display());
     Some((scratch, root))
@@ -978,7 +625,7 @@ fn package_holds_a_hardened_unit_that_systemd_analyze_verifies() {
     // verify resolves ExecStart: point it at the unpacked binary (a real install is
     // verified in place by dpkg_install_remove_purge).
     let binary = root.join("usr/bin/mtt-mu-server");
-    let local = scratch.path("mtt-mu-server.service");
+    let local = scratch.join("mtt-mu-server.service");
     std::fs::write(
         &local,
         unit.replace(
@@ -1014,15 +661,15 @@ fn packaged_binary_runs_with_the_packaged_flags_and_tunnels() {
         return;
     };
     // The packaged flags, made local: loopback ports, the secret and state in scratch.
-    std::fs::write(scratch.path("secret"), format!("{SECRET}\n")).unwrap();
-    let state = scratch.path("state");
+    std::fs::write(scratch.join("secret"), format!("{SECRET}\n")).unwrap();
+    let state = scratch.join("state");
     std::fs::create_dir_all(&state).unwrap();
     let flags: Vec<String> = packaged_flags(&root)
         .into_iter()
         .map(|f| match f.as_str() {
             ":443" => "127.0.0.1:0".to_string(),
             "127.0.0.1:8080" => "127.0.0.1:0".to_string(),
-            "/etc/mtt-mu-server/secret" => scratch.path("secret").display().to_string(),
+            "/etc/mtt-mu-server/secret" => scratch.join("secret").display().to_string(),
             f if f.starts_with("/var/lib/mtt-mu-server/") => {
                 f.replace("/var/lib/mtt-mu-server", &state.display().to_string())
             }
@@ -1032,29 +679,30 @@ fn packaged_binary_runs_with_the_packaged_flags_and_tunnels() {
     assert!(
         !flags
             .iter()
-            .any(|f| f.starts_with('/') && !f.starts_with(&*scratch.0.to_string_lossy())),
+            .any(|f| f.starts_with('/') && !f.starts_with(&*scratch.to_string_lossy())),
         "a packaged path was not made local: {flags:?}"
     );
     let server = Server::start_binary(&root.join("usr/bin/mtt-mu-server"), &flags, &[]);
     assert!(server.tls, "the packaged flags listen TLS");
-    let dst = doubling_echo();
-    add_user(&server, "/packaged", dst);
-    let mut ws = server.ws("/packaged");
+    // The kit's controller calls send the secret the -secret-file holds.
+    server.add(&[("/packaged", doubling_echo())]);
+    let mut ws = server.ws("/packaged", &[]);
     round_trip(&mut ws, &[42; 3000]);
-    let stats = server.post(BEARER, r#"{"opt":5}"#);
+    let (status, stats) = server.post(r#"{"opt":5}"#);
+    assert_eq!(status, 200, "{stats}");
     assert_eq!(stats["users"][0]["bytes_up"], 3000);
     // -state keeps the user in the state directory.
     let kept: Vec<_> = std::fs::read_dir(&state).unwrap().collect();
     assert!(!kept.is_empty(), "nothing in the state directory");
     if let Some(promtool) = tool("promtool", "packaged_binary") {
-        let page = server.request("GET", "/metrics", BEARER, "").text();
+        let page = get_text(&server, "/metrics", BEARER);
         let (ok, problems) = promtool_check_metrics(&promtool, &page);
         assert!(ok, "promtool check metrics:\n{problems}");
     }
-    let status = server.request("GET", "/status.json", BEARER, "").json();
+    let status = get_json(&server, "/status.json", BEARER);
     assert_eq!(status["users"], 1);
     assert!(
-        server.log().lines().any(|l| l.contains("ready:")
+        server.log_text().lines().any(|l| l.contains("ready:")
             && (l.contains("driver=io_uring") || l.contains("driver=epoll"))),
         "the ready line names the driver"
     );
@@ -1067,7 +715,10 @@ fn dpkg_install_remove_purge() {
     let test = "dpkg_install_remove_purge";
     let asked = std::env::var_os("MTT_DPKG_INSTALL").is_some_and(|v| v == "1");
     if !(under_ci() || asked) {
-        eprintln!("\n*** SKIPPED {test}: installs on this machine; only under CI or with MTT_DPKG_INSTALL=1 ***\n");
+        skip(
+            test,
+            "it installs on this machine: only under CI or with MTT_DPKG_INSTALL=1",
+        );
         return;
     }
     let Some(deb) = std::env::var_os("MTT_DEB") else {
