@@ -7,6 +7,8 @@
 //! is logged and counted); only a known path with a valid upgrade, admitted, reaches
 //! [`crate::tunnel::plain`] or [`crate::tunnel::mux`]. Nothing here reads frames.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -78,8 +80,25 @@ pub(crate) fn check_upgrade(head: &RequestHead) -> Result<(), (u16, &'static str
     Ok(())
 }
 
+/// A tunnel that is set up (the `101` is sent, `dst` dialed) and has only to run.
+type Tunnel = Pin<Box<dyn Future<Output = ()>>>;
+
 /// Serves one accepted connection until it is done.
-pub(crate) async fn handle(mut transport: Transport, peer: Peer, ctx: Rc<Context>) {
+///
+/// Setting up (PROXY header, TLS handshake, heads, upgrade) runs in one boxed future that
+/// is freed before the tunnel starts, and the tunnel is a boxed future of its own, made
+/// by a plain function: while a tunnel runs, this task holds two pointers, not the
+/// stages' moved-from values (an async fn keeps room for every local that lives across an
+/// await, moved or not: the request head and the upgrade's result were 800 bytes of an
+/// idle tunnel's task).
+pub(crate) async fn handle(transport: Transport, peer: Peer, ctx: Rc<Context>) {
+    if let Some(tunnel) = Box::pin(set_up(transport, peer, ctx)).await {
+        tunnel.await;
+    }
+}
+
+/// Everything before the tunnel: `None` when the connection ended without one.
+async fn set_up(mut transport: Transport, peer: Peer, ctx: Rc<Context>) -> Option<Tunnel> {
     let deadline = Instant::now() + ctx.settings.head_timeout;
     let (peer, early) = if ctx.settings.proxy_protocol {
         match Box::pin(heads::read_header(&mut transport, deadline)).await {
@@ -87,7 +106,7 @@ pub(crate) async fn handle(mut transport: Transport, peer: Peer, ctx: Rc<Context
             Err(e) => {
                 ctx.stats.metrics.refuse(Refusal::BadRequest);
                 log::debug!("client {peer}: no valid PROXY header: {e:?}");
-                return;
+                return None;
             }
         }
     } else {
@@ -107,12 +126,12 @@ pub(crate) async fn handle(mut transport: Transport, peer: Peer, ctx: Rc<Context
         Ok(Err(e)) => {
             ctx.stats.metrics.refuse(Refusal::TlsError);
             log::debug!("client {peer}: TLS handshake failed: {e}");
-            return;
+            return None;
         }
         Err(_) => {
             ctx.stats.metrics.refuse(Refusal::Timeout);
             log::debug!("client {peer}: TLS handshake timed out");
-            return;
+            return None;
         }
     };
     match accepted {
@@ -184,22 +203,39 @@ enum Ready<S: Splitable> {
     },
 }
 
-/// Serves a connection from its first request head to the end of its tunnel. Each
-/// stage is boxed and dropped before the next begins, so a tunnel's task holds only the
-/// tunnel's state, not the head reading's or the upgrade's as well.
-async fn serve_connection<S>(stream: S, peer: Peer, ctx: &Context, deadline: Instant)
+/// Serves a connection from its first request head to its upgrade, and returns the
+/// tunnel to run. Each stage is boxed and dropped before the next begins.
+async fn serve_connection<S>(
+    stream: S,
+    peer: Peer,
+    ctx: &Context,
+    deadline: Instant,
+) -> Option<Tunnel>
 where
-    S: AsyncReadRent + AsyncWriteRent + Splitable,
-    S::OwnedRead: AsyncReadRent + Readiness,
+    S: AsyncReadRent + AsyncWriteRent + Splitable + 'static,
+    S::OwnedRead: AsyncReadRent + Readiness + 'static,
     S::OwnedWrite: AsyncWriteRent + 'static,
 {
-    let Some(request) = Box::pin(serve(stream, peer, ctx, deadline)).await else {
-        return;
-    };
+    let request = Box::pin(serve(stream, peer, ctx, deadline)).await?;
     let route = request.route.clone();
-    let Some((ready, admission)) = Box::pin(upgrade(request, peer, ctx)).await else {
-        return;
-    };
+    let (ready, admission) = Box::pin(upgrade(request, peer, ctx)).await?;
+    Some(tunnel(ready, route, admission, peer, ctx))
+}
+
+/// The tunnel of an answered upgrade, as one boxed future (a plain function, so that
+/// nothing of `ready` stays behind in the caller's future).
+fn tunnel<S>(
+    ready: Ready<S>,
+    route: Route,
+    admission: Option<Admission>,
+    peer: Peer,
+    ctx: &Context,
+) -> Tunnel
+where
+    S: Splitable + 'static,
+    S::OwnedRead: AsyncReadRent + Readiness + 'static,
+    S::OwnedWrite: AsyncWriteRent + 'static,
+{
     match ready {
         Ready::Plain {
             reader,
@@ -209,29 +245,28 @@ where
             let ticket = ctx
                 .stats
                 .open(route.path(), Kind::Plain, peer.addr(), admission);
-            let end = Box::pin(plain::run(reader, writer, dst, ticket)).await;
-            log::debug!(
-                "client {peer} path {}: plain tunnel ended: {end:?}",
-                route.path()
-            );
+            Box::pin(async move {
+                let end = plain::run(reader, writer, dst, ticket).await;
+                log::debug!(
+                    "client {peer} path {}: plain tunnel ended: {end:?}",
+                    route.path()
+                );
+            })
         }
         Ready::Mux { reader, writer } => {
             let ticket = ctx
                 .stats
                 .open(route.path(), Kind::MuxSession, peer.addr(), admission);
             let idle_timeout = ctx.settings.idle_timeout;
-            let end = Box::pin(crate::tunnel::mux::run(
-                reader,
-                writer,
-                route.clone(),
-                idle_timeout,
-                ticket,
-            ))
-            .await;
-            log::debug!(
-                "client {peer} path {}: mux session ended: {end:?}",
-                route.path()
-            );
+            Box::pin(async move {
+                let path = route.clone();
+                let end =
+                    crate::tunnel::mux::run(reader, writer, route, idle_timeout, ticket).await;
+                log::debug!(
+                    "client {peer} path {}: mux session ended: {end:?}",
+                    path.path()
+                );
+            })
         }
     }
 }
