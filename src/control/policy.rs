@@ -94,6 +94,9 @@ pub struct UserPolicy {
     open: AtomicU64,
     /// Open tunnels by client IP; its length is the number of devices.
     devices: Mutex<HashMap<IpAddr, u32>>,
+    /// Devices the user has on other nodes, as a UniProxy panel's `alivelist` last said
+    /// (0 without a panel): they count against `device_limit` here too.
+    remote_devices: AtomicU64,
     /// Per direction: when the bucket is in balance, in nanoseconds since [`epoch`]. Later
     /// than now: in debt by the difference; earlier: credit, at most one second's worth.
     buckets: [AtomicU64; 2],
@@ -140,6 +143,11 @@ impl UserPolicy {
             Ordering::Relaxed,
         );
         self.cut.store(false, Ordering::Release);
+    }
+
+    /// Takes the number of devices the user has on other nodes (from the panel).
+    pub fn set_remote_devices(&self, devices: u64) {
+        self.remote_devices.store(devices, Ordering::Relaxed);
     }
 
     /// Restores the bytes left of the quota (from the state file, after a restart).
@@ -209,7 +217,8 @@ impl UserPolicy {
             let limit = self.device_limit.load(Ordering::Relaxed);
             let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
             let known = devices.contains_key(&ip);
-            if !known && limit > 0 && devices.len() as u64 >= limit {
+            let elsewhere = self.remote_devices.load(Ordering::Relaxed);
+            if !known && limit > 0 && devices.len() as u64 + elsewhere >= limit {
                 drop(devices);
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 return Err(Denied::DeviceLimit);
