@@ -12,6 +12,7 @@
 //! - [`controller`]: the controller's commands and errors over real HTTP.
 //! - [`policy`]: per-user limits (speed, devices, connections, quota, expiry) and lossless
 //!   billing reports.
+//! - [`panel`]: panel sync (`-panel`) against the kit's panel simulator, ours and UniProxy.
 //! - [`operations`]: what operators run: auth, counters, metrics, sync, kick, state.
 //! - [`startup`]: flags, exit codes, TLS files, a busy port.
 //! - [`goflag`]: our argv reading against Go's own `flag` package, 190,000 inputs.
@@ -29,6 +30,7 @@ mod goflag;
 mod hostile;
 mod mux;
 mod operations;
+mod panel;
 mod policy;
 mod properties;
 mod shutdown;

@@ -651,8 +651,16 @@ impl SyncLoop {
                 Op::Alive => self.protocol.alive(&self.http, &self.controller),
             };
             if let Some((pull, push)) = self.protocol.intervals() {
-                self.pull_every = pull;
-                self.push_every = push;
+                if (pull, push) != (self.pull_every, self.push_every) {
+                    self.pull_every = pull;
+                    self.push_every = push;
+                    // Nothing waits longer than the panel's new interval.
+                    let now = Instant::now();
+                    for op in Op::ALL {
+                        let latest = now + self.every(op);
+                        due[op as usize] = due[op as usize].min(latest);
+                    }
+                }
             }
             let every = self.every(op);
             match outcome {
