@@ -698,8 +698,9 @@ impl SyncLoop {
                         failures[i],
                         wait.as_secs_f64()
                     );
-                    // The first failures are errors; a long outage is one line an interval.
-                    if failures[i] <= 3 || wait >= every {
+                    // The first failures of a run are errors; the rest of an outage, warnings
+                    // (one a try, and the backoff keeps tries at least half an interval apart).
+                    if failures[i] <= 3 {
                         log::error!("{message}");
                     } else {
                         log::warn!("{message}");
