@@ -920,6 +920,91 @@ async fn respond(stream: &mut TcpStream, status: u16, reply: &Reply, keep_alive:
 mod tests {
     use super::*;
 
+    fn users(n: usize) -> Vec<NewUser> {
+        (0..n)
+            .map(|i| NewUser {
+                route: Route::new(&format!("/u{i}"), "h:1"),
+                limits: Limits::default(),
+            })
+            .collect()
+    }
+
+    fn panel_sync(controller: &mut Controller, n: usize, permille: u32) -> Answer {
+        controller.serve_panel(Ask::Sync {
+            users: users(n),
+            max_remove_permille: permille,
+        })
+    }
+
+    #[test]
+    fn a_pulled_list_may_remove_at_most_the_allowed_share_beyond_ten_users() {
+        let mut controller = Controller::new(Vec::new(), Options::default());
+        assert!(matches!(
+            panel_sync(&mut controller, 30, 500),
+            Answer::Synced { added: 30, .. }
+        ));
+        // 16 of 30 is over half: refused, nothing changed.
+        assert!(matches!(
+            panel_sync(&mut controller, 14, 500),
+            Answer::Refused {
+                removed: 16,
+                current: 30
+            }
+        ));
+        assert_eq!(controller.users(), 30);
+        // 15 of 30 is half: allowed.
+        assert!(matches!(
+            panel_sync(&mut controller, 15, 500),
+            Answer::Synced { removed: 15, .. }
+        ));
+        // 10 users may always go, even all of them.
+        assert!(matches!(
+            panel_sync(&mut controller, 5, 0),
+            Answer::Synced { removed: 10, .. }
+        ));
+        assert!(matches!(
+            panel_sync(&mut controller, 0, 0),
+            Answer::Synced { removed: 5, .. }
+        ));
+        // A share of 1 allows anything.
+        panel_sync(&mut controller, 100, 1000);
+        assert!(matches!(
+            panel_sync(&mut controller, 0, 1000),
+            Answer::Synced { removed: 100, .. }
+        ));
+    }
+
+    #[test]
+    fn with_a_panel_the_controller_refuses_changes_to_users_and_billing() {
+        let (_, inbox) = panel::link();
+        let mut controller = Controller::new(
+            Vec::new(),
+            Options {
+                panel: Some((inbox, Arc::new(panel::Health::default()))),
+                ..Options::default()
+            },
+        );
+        for body in [
+            r#"{"opt":1,"args_bunch":[{"path":"/a","dst":"h:1"}]}"#,
+            r#"{"opt":2,"args_bunch":[{"path":"/a"}]}"#,
+            r#"{"opt":3}"#,
+            r#"{"opt":4,"args_bunch":[]}"#,
+            r#"{"opt":7}"#,
+            r#"{"opt":8,"report_id":"1"}"#,
+        ] {
+            let (status, reply) = controller.handle_body(body.as_bytes());
+            assert_eq!((status, reply.res), (200, 2), "{body}");
+            assert!(reply.err_string.contains("panel"), "{body}");
+        }
+        for body in [r#"{"opt":9}"#, r#"{"opt":5}"#] {
+            let (_, reply) = controller.handle_body(body.as_bytes());
+            assert_eq!(reply.res, 1, "{body}");
+        }
+        assert!(controller
+            .metrics()
+            .contains("mtt_panel_consecutive_failures{op=\"pull\"} 0"));
+    }
+
     #[test]
     fn failed_batch_changes_nothing() {
         let mut controller = Controller::new(Vec::new(), Options::default());

@@ -337,6 +337,30 @@ impl Drop for Admission {
 mod tests {
     use super::*;
 
+    #[test]
+    fn devices_on_other_nodes_count_against_the_device_limit() {
+        let policy = Arc::new(UserPolicy::new(&Limits {
+            device_limit: 2,
+            ..Limits::default()
+        }));
+        policy.set_remote_devices(1);
+        let first = policy.admit(ip(1)).unwrap();
+        // One here and one elsewhere: a second address is refused, the same one is not.
+        assert_eq!(policy.admit(ip(2)).unwrap_err(), Denied::DeviceLimit);
+        let again = policy.admit(ip(1)).unwrap();
+        // The device elsewhere left; new limits from the panel keep the remote count.
+        policy.set_remote_devices(0);
+        let second = policy.admit(ip(2)).unwrap();
+        drop((first, again, second));
+        policy.set_remote_devices(2);
+        policy.set(&Limits {
+            device_limit: 2,
+            speed_limit: 1,
+            ..Limits::default()
+        });
+        assert_eq!(policy.admit(ip(3)).unwrap_err(), Denied::DeviceLimit);
+    }
+
     fn ip(last: u8) -> Option<IpAddr> {
         Some(IpAddr::from([127, 0, 0, last]))
     }
