@@ -25,8 +25,8 @@
 //! - `tunnel/`: one connection from TLS handshake to end: heads, routing, upgrade, the
 //!   plain tunnel, the mux session, the fallback hand-off.
 //! - `control/`: the controller thread (HTTP API, commands, state file, `/metrics`), the
-//!   route table, per-user counters, limits and billing ledger it manages, and its
-//!   messages to the workers.
+//!   route table, per-user counters, limits and billing ledger it manages, its messages to
+//!   the workers, and the panel sync thread (`-panel`) that asks it by message.
 //! - `net/`: transports, listeners, dialing, bounded head reading, the TLS configuration
 //!   and our TLS 1.3 record layer.
 //! - `runtime/`: contained task spawning, the relay budget and yield hook, doorbells.

@@ -2,7 +2,7 @@
 //! (`-log-format json`) for log shippers.
 //!
 //! A JSON line holds `time` (RFC 3339, UTC, milliseconds), `level`, `side` (who the event is
-//! about: `client`, `backend`, `controller` or `internal`, as pingora tags errors), `user`
+//! about: `client`, `backend`, `controller`, `panel` (panel sync) or `internal`, as pingora tags errors), `user`
 //! (the user's path) and `client` (the client's address) when the event names them, the
 //! `thread`, and `event`, the message itself. The call sites are not rewritten for it: the
 //! messages already name the side first ("client 203.0.113.7:5123 path /u: ...",
@@ -128,6 +128,8 @@ pub fn subject<'a>(target: &str, message: &'a str) -> Subject<'a> {
         "client"
     } else if message.starts_with("controller ") {
         "controller"
+    } else if message.starts_with("panel ") {
+        "panel"
     } else if target.contains("::tunnel") || target.contains("::net") {
         "client"
     } else if target.contains("::control") {

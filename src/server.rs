@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::config::{self, Config, Secret, TlsMode};
 use crate::control::broadcast::{self, Request, WorkerLink};
 use crate::control::controller::{Controller, Options};
+use crate::control::panel;
 use crate::control::state::StateFile;
 use crate::control::status::ServerFacts;
 use crate::net::listen;
@@ -252,6 +253,22 @@ pub fn start(config: Config) -> Result<Running, String> {
             "the controller listens on {controller_addr}, beyond this host, without a secret: anyone who can reach it can add users; set -secret or -secret-file"
         );
     }
+    let panel_token = match config.panel.as_ref().and_then(|p| p.token.as_ref()) {
+        None => None,
+        Some(Secret::Value(s)) => Some(s.clone()),
+        Some(Secret::File(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("-panel-token-file {}: {e}", path.display()))?;
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(format!(
+                    "-panel-token-file {}: the file is empty",
+                    path.display()
+                ));
+            }
+            Some(token)
+        }
+    };
     let (state, initial_users) = match &config.state {
         Some(path) => {
             let (state, users) = StateFile::open(path)?;
@@ -313,6 +330,13 @@ pub fn start(config: Config) -> Result<Running, String> {
     // The controller queues the restored users to every worker before any worker starts,
     // so they route from the first connection.
     let users = initial_users.len();
+    let panel = config.panel.as_ref().map(|panel_config| {
+        let (link, inbox) = panel::link();
+        let health = Arc::new(panel::Health::default());
+        let sync = panel::SyncLoop::new(panel_config, panel_token, link, Arc::clone(&health));
+        (sync, (inbox, health))
+    });
+    let (panel_sync, panel_end) = panel.unzip();
     let controller = Controller::new(
         links.clone(),
         Options {
@@ -321,6 +345,7 @@ pub fn start(config: Config) -> Result<Running, String> {
             initial_users,
             per_user_metrics: config.metrics_per_user,
             facts: Some(Arc::clone(&facts)),
+            panel: panel_end,
         },
     );
     for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
@@ -360,6 +385,10 @@ pub fn start(config: Config) -> Result<Running, String> {
             }
         })
         .map_err(|e| format!("starting the controller: {e}"))?;
+    if let Some(sync) = panel_sync {
+        sync.spawn()
+            .map_err(|e| format!("starting the panel sync: {e}"))?;
+    }
 
     let data = match (&data_addr, &config.bind_unix) {
         (Some(addr), Some(path)) => format!("{addr} data_unix={path}"),
@@ -367,10 +396,21 @@ pub fn start(config: Config) -> Result<Running, String> {
         (None, Some(path)) => format!("none data_unix={path}"),
         (None, None) => "none".to_string(),
     };
+    let panel = match &config.panel {
+        Some(p) => format!(
+            " panel={} panel_kind={}",
+            p.url,
+            match p.kind {
+                config::PanelKind::Mtt => "mtt",
+                config::PanelKind::UniProxy => "uniproxy",
+            }
+        ),
+        None => String::new(),
+    };
     crate::logging::ready_line(
         config.log_format,
         &format!(
-            "mtt-mu-server ready: data={data} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns} users={users} driver={}",
+            "mtt-mu-server ready: data={data} controller={controller_addr} workers={} mode={mode} mux_default={} timeout={:?} max_conns={max_conns} users={users} driver={}{panel}",
             config.workers, config.mux, config.timeout, facts.driver
         ),
     );

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::addr::{parse_port, split_host_port};
 use super::duration::parse_signed_duration;
-use super::{default_workers, Draft, LogFormat, DEFAULT_SERVER_NAME, MAX_WORKERS};
+use super::{default_workers, Draft, LogFormat, PanelKind, DEFAULT_SERVER_NAME, MAX_WORKERS};
 
 /// One flag as Go's `flag` package would define it, with everything the server does with it.
 pub(super) struct Flag {
@@ -434,7 +434,205 @@ pub(super) const FLAGS: &[Flag] = &[
         help: "after SIGTERM or SIGINT, how long open tunnels may finish (default {default});\n\
                a second signal exits at once",
     },
+    Flag {
+        names: &["panel"],
+        kind: Kind::Value {
+            placeholder: "URL",
+            default: DefaultValue::None,
+            required: None,
+            check: Some(check_panel_url),
+            store: |d, v| {
+                check_panel_url(v)?;
+                d.panel.url = Some(v.trim_end_matches('/').to_string());
+                Ok(())
+            },
+        },
+        help: "keep the users in sync with this panel (http:// or https://): pull users,\n\
+               push traffic and client addresses every -panel-interval; the panel is then\n\
+               the source of truth and the controller refuses changes to users",
+    },
+    Flag {
+        names: &["panel-kind"],
+        kind: Kind::Value {
+            placeholder: "mtt|uniproxy",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.panel.kind = Some(match v {
+                    "mtt" => PanelKind::Mtt,
+                    "uniproxy" => PanelKind::UniProxy,
+                    _ => return Err("mtt or uniproxy".to_string()),
+                });
+                Ok(())
+            },
+        },
+        help: "the panel's protocol: mtt (ours, see README) or uniproxy (V2board,\n\
+               Xboard and their forks) (default mtt)",
+    },
+    Flag {
+        names: &["panel-token"],
+        kind: Kind::Value {
+            placeholder: "TOKEN",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.panel.token = Some(v.to_string());
+                Ok(())
+            },
+        },
+        help: "the node's credential: mtt sends \"Authorization: Bearer TOKEN\", uniproxy\n\
+               the query parameter token (the panel's server token)",
+    },
+    Flag {
+        names: &["panel-token-file"],
+        kind: Kind::Value {
+            placeholder: "PATH",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                d.panel.token_file = Some(v.to_string());
+                Ok(())
+            },
+        },
+        help: "as -panel-token, read from a file (surrounding white space ignored)",
+    },
+    Flag {
+        names: &["node-id"],
+        kind: Kind::Value {
+            placeholder: "ID",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err("letters, digits, - and _ only".to_string());
+                }
+                d.panel.node_id = Some(v.to_string());
+                Ok(())
+            },
+        },
+        help: "this node's id in the panel (required by uniproxy)",
+    },
+    Flag {
+        names: &["node-type"],
+        kind: Kind::Value {
+            placeholder: "TYPE",
+            default: DefaultValue::Text("shadowsocks"),
+            required: None,
+            check: None,
+            store: |d, v| {
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err("letters, digits, - and _ only".to_string());
+                }
+                d.panel.node_type = v.to_string();
+                Ok(())
+            },
+        },
+        help: "uniproxy's node_type: the kind of node the panel lists this one as\n\
+               (default {default}: mtt-client is a shadowsocks plugin)",
+    },
+    Flag {
+        names: &["panel-interval"],
+        kind: Kind::Value {
+            placeholder: "DURATION",
+            default: DefaultValue::Text("60s"),
+            required: None,
+            check: Some(check_duration),
+            store: |d, v| {
+                let interval = positive_duration(v)?;
+                if interval < Duration::from_millis(100) {
+                    return Err("at least 100ms".to_string());
+                }
+                d.panel.interval = interval;
+                Ok(())
+            },
+        },
+        help: "how often to pull users and push traffic; failures retry sooner, with\n\
+               backoff from 1s (default {default}; a uniproxy panel's config overrides it)",
+    },
+    Flag {
+        names: &["panel-path"],
+        kind: Kind::Value {
+            placeholder: "TEMPLATE",
+            default: DefaultValue::Text("/{uuid}"),
+            required: None,
+            check: None,
+            store: |d, v| {
+                if !v.starts_with('/') {
+                    return Err("must start with /".to_string());
+                }
+                d.panel.path_template = v.to_string();
+                Ok(())
+            },
+        },
+        help: "uniproxy: a user's path, {uuid} and {id} replaced (default {default})",
+    },
+    Flag {
+        names: &["panel-dst"],
+        kind: Kind::Value {
+            placeholder: "HOST:PORT",
+            default: DefaultValue::None,
+            required: None,
+            check: None,
+            store: |d, v| {
+                let (host, port) = split_host_port(v)?;
+                if host.is_empty() {
+                    return Err("missing host".to_string());
+                }
+                parse_port(port)?;
+                d.panel.dst = Some(v.to_string());
+                Ok(())
+            },
+        },
+        help: "uniproxy: the destination of every user (required by uniproxy)",
+    },
+    Flag {
+        names: &["panel-max-remove"],
+        kind: Kind::Value {
+            placeholder: "SHARE",
+            default: DefaultValue::Text("0.5"),
+            required: None,
+            check: Some(|v| share_permille(v).map(|_| ())),
+            store: |d, v| {
+                d.panel.max_remove_permille = share_permille(v)?;
+                Ok(())
+            },
+        },
+        help: "refuse a pulled user list that would remove more than this share of the\n\
+               users at once (more than 10 users); 1 allows anything (default {default})",
+    },
 ];
+
+/// A panel's base URL: http or https, with a host.
+fn check_panel_url(v: &str) -> Result<(), String> {
+    let rest = v
+        .strip_prefix("http://")
+        .or_else(|| v.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("missing host".to_string());
+    }
+    Ok(())
+}
+
+/// A share from 0 to 1 (`0.5`, `1`), in thousandths.
+fn share_permille(v: &str) -> Result<u32, String> {
+    match v.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok((share * 1000.0).round() as u32),
+        _ => Err("a share from 0 to 1, e.g. 0.5".to_string()),
+    }
+}
 
 fn check_duration(s: &str) -> Result<(), String> {
     parse_signed_duration(s).map(|_| ())

@@ -82,6 +82,8 @@ pub struct Config {
     pub io_uring: bool,
     /// -controller-conns N: most concurrent controller connections (default 256).
     pub controller_conns: usize,
+    /// -panel URL and its companions: keep the users in sync with a panel.
+    pub panel: Option<PanelConfig>,
     /// -workers N (default: the number of CPUs this process may run on:
     /// std::thread::available_parallelism, at least 1); 1..=1024
     pub workers: usize,
@@ -94,6 +96,43 @@ pub enum LogFormat {
     Text,
     /// One JSON object a line, for log shippers.
     Json,
+}
+
+/// The panel this node keeps itself in sync with (`-panel` and the `-panel-*`, `-node-*`
+/// flags): where, which protocol, and the rules of the sync loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PanelConfig {
+    /// -panel: the base URL (`http://` or `https://`), without a trailing slash.
+    pub url: String,
+    /// -panel-kind: which protocol the panel speaks.
+    pub kind: PanelKind,
+    /// -panel-token / -panel-token-file: the node's credential (a file is read at start-up).
+    pub token: Option<Secret>,
+    /// -node-id: this node's id in the panel (UniProxy requires it).
+    pub node_id: Option<String>,
+    /// -node-type: UniProxy's `node_type` (default `shadowsocks`: mtt-client is a
+    /// shadowsocks plugin).
+    pub node_type: String,
+    /// -panel-interval: how often to pull users and push traffic (default 60 s); a
+    /// UniProxy panel's `config` overrides it.
+    pub interval: Duration,
+    /// -panel-path: a UniProxy user's path, `{uuid}` and `{id}` replaced (default `/{uuid}`).
+    pub path_template: String,
+    /// -panel-dst: every UniProxy user's destination.
+    pub dst: Option<String>,
+    /// -panel-max-remove: the largest share of users one pull may remove, in thousandths
+    /// (default 500; 1000 allows anything).
+    pub max_remove_permille: u32,
+}
+
+/// The protocol of a panel (-panel-kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanelKind {
+    /// Ours: `GET /users` as full sync takes it, `POST /traffic` billing reports,
+    /// `POST /alive` client addresses.
+    Mtt,
+    /// V2board/Xboard's node API, `/api/v1/server/UniProxy/*`.
+    UniProxy,
 }
 
 /// Where the controller's secret comes from; a file is read at start-up.
@@ -241,6 +280,25 @@ struct Draft {
     secret: Option<String>,
     /// -secret-file as given, even empty.
     secret_file: Option<String>,
+    /// -panel and its companions as given; [`Draft::finish`] decides whether they make a
+    /// [`PanelConfig`].
+    panel: PanelDraft,
+}
+
+/// The panel flags while they are stored: those without a default are `None` unless
+/// given, so that one given without -panel is an error.
+#[derive(Default)]
+struct PanelDraft {
+    url: Option<String>,
+    kind: Option<PanelKind>,
+    token: Option<String>,
+    token_file: Option<String>,
+    node_id: Option<String>,
+    node_type: String,
+    interval: Duration,
+    path_template: String,
+    dst: Option<String>,
+    max_remove_permille: u32,
 }
 
 impl Draft {
@@ -267,6 +325,7 @@ impl Draft {
                 fast_open: false,
                 io_uring: false,
                 controller_conns: 0,
+                panel: None,
                 workers: 0,
             },
             cert: None,
@@ -275,6 +334,7 @@ impl Draft {
             name: String::new(),
             secret: None,
             secret_file: None,
+            panel: PanelDraft::default(),
         }
     }
 
@@ -312,7 +372,71 @@ impl Draft {
             }
             (None, None) => TlsMode::Plain,
         };
+        config.panel = self.panel.finish()?;
         Ok(config)
+    }
+}
+
+impl PanelDraft {
+    /// The panel configuration, if -panel is given; the rules between the panel flags.
+    fn finish(self) -> Result<Option<PanelConfig>, String> {
+        let Some(url) = self.url else {
+            let stray = [
+                ("-panel-kind", self.kind.is_some()),
+                ("-panel-token", self.token.is_some()),
+                ("-panel-token-file", self.token_file.is_some()),
+                ("-node-id", self.node_id.is_some()),
+                ("-panel-dst", self.dst.is_some()),
+            ];
+            if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
+                return Err(format!("flag {flag} needs -panel URL"));
+            }
+            return Ok(None);
+        };
+        let token = match (self.token, self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "flags -panel-token and -panel-token-file cannot be given together".into(),
+                )
+            }
+            (Some(t), None) if t.is_empty() => {
+                return Err("flag -panel-token must not be empty".into())
+            }
+            (Some(t), None) => Some(Secret::Value(t)),
+            (None, Some(f)) if f.is_empty() => {
+                return Err("flag -panel-token-file must not be empty".into())
+            }
+            (None, Some(f)) => Some(Secret::File(f.into())),
+            (None, None) => None,
+        };
+        let kind = self.kind.unwrap_or(PanelKind::Mtt);
+        if kind == PanelKind::UniProxy {
+            let missing = [
+                ("-panel-token (or -panel-token-file)", token.is_none()),
+                ("-node-id", self.node_id.is_none()),
+                ("-panel-dst", self.dst.is_none()),
+            ];
+            if let Some((flag, _)) = missing.iter().find(|(_, missing)| *missing) {
+                return Err(format!("-panel-kind uniproxy needs flag {flag}"));
+            }
+            let template = &self.path_template;
+            if !template.contains("{uuid}") && !template.contains("{id}") {
+                return Err(format!(
+                    "flag -panel-path {template:?} has neither {{uuid}} nor {{id}}: every user would get the same path"
+                ));
+            }
+        }
+        Ok(Some(PanelConfig {
+            url,
+            kind,
+            token,
+            node_id: self.node_id,
+            node_type: self.node_type,
+            interval: self.interval,
+            path_template: self.path_template,
+            dst: self.dst,
+            max_remove_permille: self.max_remove_permille,
+        }))
     }
 }
 

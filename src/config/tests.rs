@@ -717,3 +717,105 @@ fn go_syntax_pass_returns_the_rest_and_checks_no_values() {
         .iter()
         .any(|&(names, is_bool)| names == ["b", "bind"] && !is_bool));
 }
+
+#[test]
+fn panel_flags() {
+    assert_eq!(ok(&with_bc(&[])).panel, None);
+    let c = ok(&with_bc(&[
+        "-panel",
+        "https://panel.example/api/",
+        "-panel-token",
+        "t",
+    ]));
+    let panel = c.panel.unwrap();
+    assert_eq!(panel.url, "https://panel.example/api");
+    assert_eq!(panel.kind, PanelKind::Mtt);
+    assert_eq!(panel.token, Some(Secret::Value("t".into())));
+    assert_eq!(panel.interval, Duration::from_secs(60));
+    assert_eq!(panel.node_type, "shadowsocks");
+    assert_eq!(panel.path_template, "/{uuid}");
+    assert_eq!(panel.max_remove_permille, 500);
+    let c = ok(&with_bc(&[
+        "-panel=http://127.0.0.1:9/",
+        "-panel-kind=uniproxy",
+        "-panel-token-file=/etc/token",
+        "-node-id=12",
+        "-panel-dst=127.0.0.1:8388",
+        "-panel-interval=500ms",
+        "-panel-max-remove=1",
+        "-panel-path=/ws/{id}",
+    ]));
+    let panel = c.panel.unwrap();
+    assert_eq!(panel.kind, PanelKind::UniProxy);
+    assert_eq!(panel.token, Some(Secret::File("/etc/token".into())));
+    assert_eq!(panel.node_id.as_deref(), Some("12"));
+    assert_eq!(panel.interval, Duration::from_millis(500));
+    assert_eq!(panel.max_remove_permille, 1000);
+}
+
+#[test]
+fn panel_flag_errors() {
+    assert_usage(&with_bc(&["-panel", "ftp://x"]), &["-panel", "http://"]);
+    assert_usage(
+        &with_bc(&["-panel-token", "t"]),
+        &["-panel-token needs -panel"],
+    );
+    assert_usage(&with_bc(&["-node-id", "3"]), &["-node-id needs -panel"]);
+    assert_usage(
+        &with_bc(&["-panel", "http://p", "-panel-kind", "uniproxy"]),
+        &["uniproxy needs", "-panel-token"],
+    );
+    assert_usage(
+        &with_bc(&[
+            "-panel",
+            "http://p",
+            "-panel-kind",
+            "uniproxy",
+            "-panel-token",
+            "t",
+            "-node-id",
+            "1",
+        ]),
+        &["-panel-dst"],
+    );
+    assert_usage(
+        &with_bc(&[
+            "-panel",
+            "http://p",
+            "-panel-kind",
+            "uniproxy",
+            "-panel-token",
+            "t",
+            "-node-id",
+            "1",
+            "-panel-dst",
+            "h:1",
+            "-panel-path",
+            "/fixed",
+        ]),
+        &["-panel-path", "{uuid}"],
+    );
+    assert_usage(
+        &with_bc(&["-panel", "http://p", "-panel-kind", "xboard"]),
+        &["mtt or uniproxy"],
+    );
+    assert_usage(
+        &with_bc(&["-panel", "http://p", "-panel-max-remove", "1.5"]),
+        &["share"],
+    );
+    assert_usage(
+        &with_bc(&["-panel", "http://p", "-panel-interval", "10ms"]),
+        &["100ms"],
+    );
+    assert_usage(
+        &with_bc(&[
+            "-panel",
+            "http://p",
+            "-panel-token",
+            "a",
+            "-panel-token-file",
+            "f",
+        ]),
+        &["cannot be given together"],
+    );
+}

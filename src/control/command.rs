@@ -232,6 +232,35 @@ pub fn parse_command(body: &[u8]) -> Result<Command, CommandError> {
     }
 }
 
+/// A panel's user list, `{"args_bunch":[...]}` (a full sync's body without `opt`),
+/// validated whole as a full sync is: any bad entry refuses the whole list.
+pub(crate) fn parse_user_list(body: &[u8]) -> Result<Vec<NewUser>, String> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err("the user list is not a JSON object".to_string());
+    }
+    let parsed: CommandBody = serde_json::from_slice(body).map_err(|e| format!("bad json: {e}"))?;
+    let args = parsed.args_bunch.ok_or("args_bunch is missing")?;
+    users("users", args).map_err(|e| match e {
+        CommandError::Invalid(why) | CommandError::BadRequest(why) => why,
+    })
+}
+
+/// One user made from parts (a UniProxy user: a path from the template, the node's
+/// destination), held to the rules of an add entry.
+pub(crate) fn new_user(path: &str, dst: &str, limits: Limits) -> Result<NewUser, String> {
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} does not start with /"));
+    }
+    if !valid_dst(dst) {
+        return Err(format!("dst {dst:?} is not HOST:PORT"));
+    }
+    Ok(NewUser {
+        route: Route::new(path, dst),
+        limits,
+    })
+}
+
 /// Each entry's `path`, `dst` and limits, validated.
 fn users(what: &str, args: Vec<UserArg>) -> Result<Vec<NewUser>, CommandError> {
     let mut users = Vec::with_capacity(args.len());

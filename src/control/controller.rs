@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::billing::{BillLine, Counts, Ledger};
 use crate::control::broadcast::{self, Reply as WorkerReply, Request, WorkerLink};
 pub use crate::control::command::{parse_command, valid_dst, Command, CommandError, NewUser};
+use crate::control::panel::{self, Answer, Ask};
 pub use crate::control::policy::Limits;
 use crate::control::policy::UserPolicy;
 use crate::control::registry::UserTotals;
@@ -98,6 +99,9 @@ pub struct Options {
     /// What start-up knows (driver, workers, certificate expiry), for `/status` and
     /// `/metrics`.
     pub facts: Option<Arc<ServerFacts>>,
+    /// With `-panel`: the sync thread's requests arrive here, and its health is shown on
+    /// `/metrics`. The panel then owns the users: the controller refuses changes to them.
+    pub(crate) panel: Option<(panel::Inbox, Arc<panel::Health>)>,
 }
 
 /// The authoritative table and the workers that copy it.
@@ -121,6 +125,11 @@ pub struct Controller {
     totals: HashMap<String, Counts>,
     /// Counts collected for billing, until a panel acknowledges a report of them.
     ledger: Ledger,
+    /// With `-panel`: the sync thread's requests, until [`run`] starts serving them.
+    panel_inbox: Option<panel::Inbox>,
+    /// With `-panel`: the sync health for `/metrics`; its presence also means the panel
+    /// owns the users.
+    panel_health: Option<Arc<panel::Health>>,
 }
 
 /// A user's shared limits, for its route: `None` for a user without limits.
@@ -141,6 +150,7 @@ impl Controller {
             .as_mut()
             .map(StateFile::take_ledger)
             .unwrap_or_default();
+        let (panel_inbox, panel_health) = options.panel.unzip();
         let mut controller = Self {
             table: RouteTable::new(),
             workers,
@@ -153,6 +163,8 @@ impl Controller {
             throughput: Throughput::default(),
             totals: HashMap::new(),
             ledger,
+            panel_inbox,
+            panel_health,
         };
         if !options.initial_users.is_empty() {
             let change = RouteChange::Upsert(
@@ -480,6 +492,14 @@ impl Controller {
         let received = std::time::Instant::now();
         let changes = self.changes;
         let answer = match parse_command(body) {
+            Ok(command) if self.panel_health.is_some() && owned_by_panel(&command) => (
+                200,
+                self.error(
+                    "users come from the panel (-panel): change them there; this controller \
+                     answers ping, stats, kick and /metrics"
+                        .into(),
+                ),
+            ),
             Ok(command) => match self.execute(command) {
                 Ok(reply) => (200, reply),
                 Err(why) => (500, self.error(why)),
@@ -512,7 +532,77 @@ impl Controller {
         if let Some(facts) = &self.facts {
             page.push_str(&status::process_metrics(facts));
         }
+        if let Some(health) = &self.panel_health {
+            health.render(&mut page);
+        }
         page
+    }
+
+    /// Answers the panel sync thread ([`crate::control::panel`]) through the same commands
+    /// a panel calling the controller would send: full sync (kicking the users removed),
+    /// report, acknowledge, stats.
+    pub(crate) fn serve_panel(&mut self, ask: Ask) -> Answer {
+        let failed = |why: String| Answer::Failed(why);
+        match ask {
+            Ask::Sync {
+                users,
+                max_remove_permille,
+            } => {
+                let current = self.table.len();
+                let wanted: HashSet<&str> = users.iter().map(|u| u.route.path()).collect();
+                let removed = self
+                    .table
+                    .iter()
+                    .filter(|r| !wanted.contains(r.path()))
+                    .count();
+                if removed > panel::ALWAYS_REMOVABLE
+                    && removed as u64 * 1000 > current as u64 * u64::from(max_remove_permille)
+                {
+                    return Answer::Refused { removed, current };
+                }
+                match self.execute(Command::Sync { users, kick: true }) {
+                    Ok(reply) => Answer::Synced {
+                        added: reply.added.unwrap_or(0),
+                        changed: reply.changed.unwrap_or(0),
+                        removed: reply.removed.unwrap_or(0),
+                        users: reply.current_users,
+                    },
+                    Err(why) => failed(why),
+                }
+            }
+            Ask::Report => match self.execute(Command::Report) {
+                Ok(Reply {
+                    report_id: Some(id),
+                    users: Some(Users::Report(lines)),
+                    ..
+                }) => Answer::Report { id, lines },
+                Ok(reply) => failed(reply.err_string),
+                Err(why) => failed(why),
+            },
+            Ask::Ack(id) => match self.execute(Command::Ack(id)) {
+                Ok(reply) if reply.res == 1 => Answer::Done,
+                Ok(reply) => failed(reply.err_string),
+                Err(why) => failed(why),
+            },
+            Ask::Clients => Answer::Clients(
+                self.stats(None, false)
+                    .into_iter()
+                    .filter(|u| !u.clients.is_empty())
+                    .map(|u| {
+                        let ips = panel::client_ips(&u.clients);
+                        (u.path, ips)
+                    })
+                    .collect(),
+            ),
+            Ask::RemoteDevices(devices) => {
+                for route in self.table.iter() {
+                    if let Some(policy) = route.policy() {
+                        policy.set_remote_devices(devices.get(route.path()).copied().unwrap_or(0));
+                    }
+                }
+                Answer::Done
+            }
+        }
     }
 
     /// Samples the workers' byte totals for the throughput chart of `/status`.
@@ -601,6 +691,21 @@ impl Controller {
     }
 }
 
+/// Whether a command changes what the panel owns with `-panel`: the users, and the
+/// billing ledger that the sync pushes (a report acknowledged by hand would never reach
+/// the panel).
+fn owned_by_panel(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Add(_)
+            | Command::Del { .. }
+            | Command::Reset
+            | Command::Sync { .. }
+            | Command::Report
+            | Command::Ack(_)
+    )
+}
+
 /// What a command does to users' limits besides its route change.
 #[derive(Default)]
 struct Update {
@@ -645,7 +750,21 @@ pub fn run(
         .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
+        let mut controller = controller;
+        let panel_inbox = controller.panel_inbox.take();
         let controller = Rc::new(RefCell::new(controller));
+        if let Some(inbox) = panel_inbox {
+            let served = Rc::clone(&controller);
+            crate::runtime::task::spawn_contained(async move {
+                loop {
+                    inbox.doorbell.wait().await;
+                    while let Ok(envelope) = inbox.asks.try_recv() {
+                        let answer = served.borrow_mut().serve_panel(envelope.ask);
+                        let _ = envelope.reply.send(answer);
+                    }
+                }
+            });
+        }
         let open = Rc::new(Cell::new(0usize));
         let sampled = Rc::clone(&controller);
         crate::runtime::task::spawn_contained(async move {
@@ -800,6 +919,91 @@ async fn respond(stream: &mut TcpStream, status: u16, reply: &Reply, keep_alive:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn users(n: usize) -> Vec<NewUser> {
+        (0..n)
+            .map(|i| NewUser {
+                route: Route::new(&format!("/u{i}"), "h:1"),
+                limits: Limits::default(),
+            })
+            .collect()
+    }
+
+    fn panel_sync(controller: &mut Controller, n: usize, permille: u32) -> Answer {
+        controller.serve_panel(Ask::Sync {
+            users: users(n),
+            max_remove_permille: permille,
+        })
+    }
+
+    #[test]
+    fn a_pulled_list_may_remove_at_most_the_allowed_share_beyond_ten_users() {
+        let mut controller = Controller::new(Vec::new(), Options::default());
+        assert!(matches!(
+            panel_sync(&mut controller, 30, 500),
+            Answer::Synced { added: 30, .. }
+        ));
+        // 16 of 30 is over half: refused, nothing changed.
+        assert!(matches!(
+            panel_sync(&mut controller, 14, 500),
+            Answer::Refused {
+                removed: 16,
+                current: 30
+            }
+        ));
+        assert_eq!(controller.users(), 30);
+        // 15 of 30 is half: allowed.
+        assert!(matches!(
+            panel_sync(&mut controller, 15, 500),
+            Answer::Synced { removed: 15, .. }
+        ));
+        // 10 users may always go, even all of them.
+        assert!(matches!(
+            panel_sync(&mut controller, 5, 0),
+            Answer::Synced { removed: 10, .. }
+        ));
+        assert!(matches!(
+            panel_sync(&mut controller, 0, 0),
+            Answer::Synced { removed: 5, .. }
+        ));
+        // A share of 1 allows anything.
+        panel_sync(&mut controller, 100, 1000);
+        assert!(matches!(
+            panel_sync(&mut controller, 0, 1000),
+            Answer::Synced { removed: 100, .. }
+        ));
+    }
+
+    #[test]
+    fn with_a_panel_the_controller_refuses_changes_to_users_and_billing() {
+        let (_, inbox) = panel::link();
+        let mut controller = Controller::new(
+            Vec::new(),
+            Options {
+                panel: Some((inbox, Arc::new(panel::Health::default()))),
+                ..Options::default()
+            },
+        );
+        for body in [
+            r#"{"opt":1,"args_bunch":[{"path":"/a","dst":"h:1"}]}"#,
+            r#"{"opt":2,"args_bunch":[{"path":"/a"}]}"#,
+            r#"{"opt":3}"#,
+            r#"{"opt":4,"args_bunch":[]}"#,
+            r#"{"opt":7}"#,
+            r#"{"opt":8,"report_id":"1"}"#,
+        ] {
+            let (status, reply) = controller.handle_body(body.as_bytes());
+            assert_eq!((status, reply.res), (200, 2), "{body}");
+            assert!(reply.err_string.contains("panel"), "{body}");
+        }
+        for body in [r#"{"opt":9}"#, r#"{"opt":5}"#] {
+            let (_, reply) = controller.handle_body(body.as_bytes());
+            assert_eq!(reply.res, 1, "{body}");
+        }
+        assert!(controller
+            .metrics()
+            .contains("mtt_panel_consecutive_failures{op=\"pull\"} 0"));
+    }
 
     #[test]
     fn failed_batch_changes_nothing() {

@@ -13,6 +13,8 @@
 //! - [`registry`]: a worker's registry of open tunnels and per-user counters: counting
 //!   bytes, kicking users, sweeping idle plain tunnels.
 //! - [`billing`]: the ledger of counts panels have not acknowledged (opt 7 and 8).
+//! - [`panel`]: panel sync (`-panel`): a thread that pulls users from a panel and pushes
+//!   traffic and client addresses, asking the controller by message (ours and UniProxy).
 //! - [`state`]: durable users (`-state FILE`): a log of changes with compaction.
 //! - [`metrics`]: the Prometheus text format of `/metrics`.
 //! - [`status`]: the operator's `GET /status` page and `/status.json`, and the process
@@ -23,6 +25,7 @@ pub(crate) mod broadcast;
 pub(crate) mod command;
 pub mod controller;
 pub(crate) mod metrics;
+pub(crate) mod panel;
 pub(crate) mod policy;
 pub(crate) mod registry;
 pub mod routes;

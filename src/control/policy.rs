@@ -94,6 +94,9 @@ pub struct UserPolicy {
     open: AtomicU64,
     /// Open tunnels by client IP; its length is the number of devices.
     devices: Mutex<HashMap<IpAddr, u32>>,
+    /// Devices the user has on other nodes, as a UniProxy panel's `alivelist` last said
+    /// (0 without a panel): they count against `device_limit` here too.
+    remote_devices: AtomicU64,
     /// Per direction: when the bucket is in balance, in nanoseconds since [`epoch`]. Later
     /// than now: in debt by the difference; earlier: credit, at most one second's worth.
     buckets: [AtomicU64; 2],
@@ -140,6 +143,11 @@ impl UserPolicy {
             Ordering::Relaxed,
         );
         self.cut.store(false, Ordering::Release);
+    }
+
+    /// Takes the number of devices the user has on other nodes (from the panel).
+    pub fn set_remote_devices(&self, devices: u64) {
+        self.remote_devices.store(devices, Ordering::Relaxed);
     }
 
     /// Restores the bytes left of the quota (from the state file, after a restart).
@@ -209,7 +217,8 @@ impl UserPolicy {
             let limit = self.device_limit.load(Ordering::Relaxed);
             let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
             let known = devices.contains_key(&ip);
-            if !known && limit > 0 && devices.len() as u64 >= limit {
+            let elsewhere = self.remote_devices.load(Ordering::Relaxed);
+            if !known && limit > 0 && devices.len() as u64 + elsewhere >= limit {
                 drop(devices);
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 return Err(Denied::DeviceLimit);
@@ -327,6 +336,30 @@ impl Drop for Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_on_other_nodes_count_against_the_device_limit() {
+        let policy = Arc::new(UserPolicy::new(&Limits {
+            device_limit: 2,
+            ..Limits::default()
+        }));
+        policy.set_remote_devices(1);
+        let first = policy.admit(ip(1)).unwrap();
+        // One here and one elsewhere: a second address is refused, the same one is not.
+        assert_eq!(policy.admit(ip(2)).unwrap_err(), Denied::DeviceLimit);
+        let again = policy.admit(ip(1)).unwrap();
+        // The device elsewhere left; new limits from the panel keep the remote count.
+        policy.set_remote_devices(0);
+        let second = policy.admit(ip(2)).unwrap();
+        drop((first, again, second));
+        policy.set_remote_devices(2);
+        policy.set(&Limits {
+            device_limit: 2,
+            speed_limit: 1,
+            ..Limits::default()
+        });
+        assert_eq!(policy.admit(ip(3)).unwrap_err(), Denied::DeviceLimit);
+    }
 
     fn ip(last: u8) -> Option<IpAddr> {
         Some(IpAddr::from([127, 0, 0, last]))

@@ -12,6 +12,7 @@
 //! - [`controller`]: the controller's commands and errors over real HTTP.
 //! - [`policy`]: per-user limits (speed, devices, connections, quota, expiry) and lossless
 //!   billing reports.
+//! - [`panel`]: panel sync (`-panel`) against the kit's panel simulator, ours and UniProxy.
 //! - [`operations`]: what operators run: auth, counters, metrics, sync, kick, state.
 //! - [`service`]: running as a system service: the Debian package and its systemd unit,
 //!   JSON and journal logs, the man page, promtool on the metrics and alert rules, the
@@ -32,6 +33,7 @@ mod goflag;
 mod hostile;
 mod mux;
 mod operations;
+mod panel;
 mod policy;
 mod properties;
 mod service;

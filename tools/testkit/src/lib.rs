@@ -21,6 +21,8 @@
 //! - [`sock`]: raw-socket behaviour: reading to the close, pushing until blocked,
 //!   trickling, resets, sockets that refuse or black-hole connections.
 //! - [`backend`]: destinations the server dials: echo, capture, counting, flooding, recording.
+//! - [`panel`]: a panel simulator (our protocol and UniProxy) that keeps users, counts
+//!   what nodes push and can be told to fail, for the panel sync.
 //! - [`server`]: starting the server binary (ours, or a package's) on ephemeral ports and
 //!   asking its controller; per-test directories; the health checks every hostile case ends
 //!   with.
@@ -34,6 +36,7 @@ pub mod backend;
 pub mod gopeer;
 pub mod hostile;
 pub mod http;
+pub mod panel;
 pub mod procfs;
 pub mod programs;
 pub mod records;
