@@ -534,7 +534,10 @@ fn status_page_with_ten_thousand_users_shows_one_page_and_a_search() {
 
 /// The package run-tests.sh built (`MTT_DEB`), unpacked into a scratch root.
 fn unpacked_package(test: &str) -> Option<(TempDir, PathBuf)> {
-    let Some(deb) = std::env::var_os("MTT_DEB").map(PathBuf::from) else {
+    let Some(deb) = std::env::var_os("MTT_DEB")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+    else {
         skip(
             test,
             "MTT_DEB names no package; build it with `cargo deb --strip` and set \
