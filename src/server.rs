@@ -4,6 +4,7 @@
 //! and announces the bound addresses on one line of standard error.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::{self, Config, Secret, TlsMode};
 use crate::control::broadcast::{self, Request, WorkerLink};
 use crate::control::controller::{Controller, Options};
-use crate::control::panel;
+use crate::control::panel::{self, Answer, Ask};
 use crate::control::state::StateFile;
 use crate::control::status::ServerFacts;
 use crate::net::listen;
@@ -19,6 +20,9 @@ use crate::net::tls;
 use crate::runtime::doorbell::Doorbell;
 use crate::tunnel;
 use crate::worker::{self, ConnectionLimit, Driver, Settings, WorkerSpec};
+
+/// Bound on the controller's last collection of counters at shutdown.
+const EXIT_COLLECT: Duration = Duration::from_secs(3);
 
 /// Threads for name resolution of destinations, shared by all workers.
 const RESOLVER_THREADS: usize = 2;
@@ -31,6 +35,12 @@ pub struct Running {
     workers: Vec<JoinHandle<()>>,
     /// One per worker: rung to stop accepting and drain.
     shutdown: Vec<Arc<Doorbell>>,
+    /// How many workers have drained (and wait for their counters to be collected).
+    drained: Arc<AtomicUsize>,
+    /// One per worker: rung once their counters are collected, to let them end.
+    exit: Vec<Arc<Doorbell>>,
+    /// To the controller thread: the last collection of counters at shutdown.
+    controller: panel::ControllerLink,
     grace: Duration,
     /// The certificate files, to reload on SIGHUP and when they change.
     cert_files: Option<tls::CertFiles>,
@@ -67,9 +77,22 @@ impl Running {
         // The workers give up on open connections at the grace period; allow them a moment
         // beyond it to close.
         let deadline = Instant::now() + self.grace + Duration::from_secs(2);
+        let mut collected = false;
         while Instant::now() < deadline {
             if self.workers.iter().all(|w| w.is_finished()) {
                 return 0;
+            }
+            if !collected && self.drained.load(Ordering::Acquire) == self.workers.len() {
+                // Every tunnel is closed and every worker still answers: what they
+                // counted goes to the billing ledger (and the state file) before they end.
+                collected = true;
+                if let Answer::Failed(why) = self.controller.ask_within(Ask::Collect, EXIT_COLLECT)
+                {
+                    log::error!("the last counts could not be kept for billing: {why}");
+                }
+                for bell in &self.exit {
+                    bell.ring();
+                }
             }
             if let Some(signal) = wait_signal(Some(Duration::from_millis(50))) {
                 log::warn!("signal {signal} while draining: exiting now");
@@ -303,6 +326,8 @@ pub fn start(config: Config) -> Result<Running, String> {
     let mut links = Vec::with_capacity(config.workers);
     let mut workers = Vec::with_capacity(config.workers);
     let mut shutdown = Vec::with_capacity(config.workers);
+    let mut exit = Vec::with_capacity(config.workers);
+    let drained = Arc::new(AtomicUsize::new(0));
     let mut inboxes = Vec::with_capacity(config.workers);
     for _ in 0..config.workers {
         let (link, inbox) = broadcast::worker_link();
@@ -330,13 +355,16 @@ pub fn start(config: Config) -> Result<Running, String> {
     // The controller queues the restored users to every worker before any worker starts,
     // so they route from the first connection.
     let users = initial_users.len();
+    // Other threads ask the controller through this: the panel sync, and shutdown's last
+    // collection of the counters.
+    let (controller_link, inbox) = panel::link();
     let panel = config.panel.as_ref().map(|panel_config| {
-        let (link, inbox) = panel::link();
         let health = Arc::new(panel::Health::default());
+        let link = controller_link.clone();
         let sync = panel::SyncLoop::new(panel_config, panel_token, link, Arc::clone(&health));
-        (sync, (inbox, health))
+        (sync, health)
     });
-    let (panel_sync, panel_end) = panel.unzip();
+    let (panel_sync, panel_health) = panel.unzip();
     let controller = Controller::new(
         links.clone(),
         Options {
@@ -345,12 +373,15 @@ pub fn start(config: Config) -> Result<Running, String> {
             initial_users,
             per_user_metrics: config.metrics_per_user,
             facts: Some(Arc::clone(&facts)),
-            panel: panel_end,
+            inbox: Some(inbox),
+            panel_health,
         },
     );
     for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let bell = Arc::new(Doorbell::default());
         shutdown.push(Arc::clone(&bell));
+        let exit_bell = Arc::new(Doorbell::default());
+        exit.push(Arc::clone(&exit_bell));
         let spec = WorkerSpec {
             index,
             cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
@@ -364,6 +395,8 @@ pub fn start(config: Config) -> Result<Running, String> {
             settings: settings.clone(),
             blocking_pool: blocking_pool.clone(),
             shutdown: bell,
+            drained: Arc::clone(&drained),
+            exit: exit_bell,
             limit: Arc::clone(&limit),
         };
         workers.push(worker::spawn(spec).map_err(|e| format!("starting worker {index}: {e}"))?);
@@ -419,6 +452,9 @@ pub fn start(config: Config) -> Result<Running, String> {
         controller_addr,
         workers,
         shutdown,
+        drained,
+        exit,
+        controller: controller_link,
         grace: config.grace,
         cert_files,
         cert_check: config.cert_check,

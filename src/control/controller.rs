@@ -99,9 +99,12 @@ pub struct Options {
     /// What start-up knows (driver, workers, certificate expiry), for `/status` and
     /// `/metrics`.
     pub facts: Option<Arc<ServerFacts>>,
-    /// With `-panel`: the sync thread's requests arrive here, and its health is shown on
-    /// `/metrics`. The panel then owns the users: the controller refuses changes to them.
-    pub(crate) panel: Option<(panel::Inbox, Arc<panel::Health>)>,
+    /// Requests from the other threads of the process (the panel sync, and start-up's
+    /// last collection at shutdown) arrive here.
+    pub(crate) inbox: Option<panel::Inbox>,
+    /// With `-panel`: the sync health for `/metrics`. The panel then owns the users: the
+    /// controller refuses changes to them.
+    pub(crate) panel_health: Option<Arc<panel::Health>>,
 }
 
 /// The authoritative table and the workers that copy it.
@@ -150,7 +153,7 @@ impl Controller {
             .as_mut()
             .map(StateFile::take_ledger)
             .unwrap_or_default();
-        let (panel_inbox, panel_health) = options.panel.unzip();
+        let (panel_inbox, panel_health) = (options.inbox, options.panel_health);
         let mut controller = Self {
             table: RouteTable::new(),
             workers,
@@ -544,6 +547,13 @@ impl Controller {
     pub(crate) fn serve_panel(&mut self, ask: Ask) -> Answer {
         let failed = |why: String| Answer::Failed(why);
         match ask {
+            Ask::Collect => {
+                // Everything the workers counted joins the ledger (made durable there), so
+                // a restart loses no billed byte.
+                let users = self.collect().len();
+                log::debug!("final collection: counts of {users} users kept for billing");
+                Answer::Done
+            }
             Ask::Sync {
                 users,
                 max_remove_permille,
@@ -980,7 +990,8 @@ mod tests {
         let mut controller = Controller::new(
             Vec::new(),
             Options {
-                panel: Some((inbox, Arc::new(panel::Health::default()))),
+                inbox: Some(inbox),
+                panel_health: Some(Arc::new(panel::Health::default())),
                 ..Options::default()
             },
         );

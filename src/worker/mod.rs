@@ -176,6 +176,11 @@ pub(crate) struct WorkerSpec {
     pub blocking_pool: monoio::blocking::DefaultThreadPool,
     /// Rung once to stop accepting and drain.
     pub shutdown: Arc<Doorbell>,
+    /// Counts the workers that have drained; start-up collects their counters then.
+    pub drained: Arc<AtomicUsize>,
+    /// Rung once the counters are collected: the worker may end (its thread, and with it
+    /// the counters, go).
+    pub exit: Arc<Doorbell>,
     /// The process-wide connection cap.
     pub limit: Arc<ConnectionLimit>,
 }
@@ -336,7 +341,14 @@ async fn run(spec: WorkerSpec) {
             active.count.get()
         );
     }
+    // The counters live on this thread: keep answering the controller until start-up has
+    // collected them for billing (bounded, should nobody ring).
+    spec.drained.fetch_add(1, Ordering::Release);
+    let _ = monoio::time::timeout(EXIT_WAIT, spec.exit.wait()).await;
 }
+
+/// Longest a drained worker waits for its counters to be collected before it ends anyway.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against its size.

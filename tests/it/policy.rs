@@ -637,6 +637,29 @@ fn billing_loses_nothing_when_a_reply_is_lost_or_the_server_restarts() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn a_graceful_restart_keeps_what_was_counted_since_the_last_report() {
+    let dir = temp_dir("policy-restart");
+    let state = dir.join("users.state");
+    let state_arg = state.to_str().unwrap();
+    let dst = echo_backend();
+    let mut server = Server::start(&["-state", state_arg, "-grace", "2s"]);
+    add_user(&server, "/kept", dst, json!({"conn_limit": 2}));
+    echo_through(&server, "/kept", 4096);
+    // Nothing was collected yet: the counts live only in the worker that carried the
+    // tunnel. A SIGTERM (a deploy, a package upgrade) must not throw them away.
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server.wait_exit(WAIT),
+        Some(Some(0)),
+        "{}",
+        server.log_text()
+    );
+    let server = Server::start(&["-state", state_arg]);
+    let (_, report) = server.post(r#"{"opt":7}"#);
+    assert_eq!(line(&report, "/kept"), Some((4096, 4096, 1)), "{report}");
+}
+
 /// An smux v1 frame header (ver 1) with its payload.
 fn smux_frame(cmd: u8, sid: u32, payload: &[u8]) -> Vec<u8> {
     let mut frame = vec![1, cmd];

@@ -70,6 +70,9 @@ pub(crate) enum Ask {
     Clients,
     /// Devices each user has on other nodes, by path (users not listed: none).
     RemoteDevices(HashMap<String, u64>),
+    /// Collect every worker's counters into the billing ledger now (at shutdown, after
+    /// the workers drained, before they exit).
+    Collect,
 }
 
 /// The controller's answer to an [`Ask`].
@@ -103,6 +106,7 @@ pub(crate) struct Envelope {
 }
 
 /// The sync thread's end of its channel to the controller.
+#[derive(Clone)]
 pub(crate) struct ControllerLink {
     asks: Sender<Envelope>,
     doorbell: Arc<Doorbell>,
@@ -138,6 +142,19 @@ impl ControllerLink {
         answer
             .recv()
             .unwrap_or_else(|_| Answer::Failed("internal: the controller thread is gone".into()))
+    }
+
+    /// As [`ControllerLink::ask`], giving up after `within` (start-up's last collection
+    /// must not hold the exit up if the controller is stuck).
+    pub(crate) fn ask_within(&self, ask: Ask, within: Duration) -> Answer {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        if self.asks.send(Envelope { ask, reply }).is_err() {
+            return Answer::Failed("internal: the controller thread is gone".into());
+        }
+        self.doorbell.ring();
+        answer
+            .recv_timeout(within)
+            .unwrap_or_else(|_| Answer::Failed("the controller did not answer in time".into()))
     }
 
     /// Applies a validated user list through the controller's full sync.
