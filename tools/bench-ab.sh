@@ -5,7 +5,9 @@
 # changes that must not cost anything (a refactor, a protocol fix): every ratio is new/old.
 #
 #   OLD_BIN=/tmp/old/target/release/mtt-mu-server tools/bench-ab.sh
-#   REPS=5 BULK_BYTES=1G OLD_BIN=... tools/bench-ab.sh
+#   REPS=5 BULK_BYTES=4G OLD_BIN=... tools/bench-ab.sh
+#
+# Runs under 2 GiB are too short for /proc's 10 ms CPU tick on a shared machine.
 #
 # Results: target/bench/ab-DATE/ (results.jsonl, table.md, machine.txt, server logs).
 set -euo pipefail
@@ -13,7 +15,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 : "${OLD_BIN:?set OLD_BIN to the mtt-mu-server binary of the old build}"
 REPS=${REPS:-3}
-BULK_BYTES=${BULK_BYTES:-512M}
+BULK_BYTES=${BULK_BYTES:-2G}
 OUT=${OUT:-$ROOT/target/bench/ab-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
@@ -68,12 +70,22 @@ for rep in $(seq "$REPS"); do
         shift
         for dir in up down; do
             for target in old new; do
+                # Mux rows go to a file of their own: the report names rows by direction
+                # and stream count only.
+                record=$RESULTS
+                [[ $* == *--mux* ]] && record=$OUT/results-mux.jsonl
                 timeout 300 "$LOADGEN" bulk --addr "127.0.0.1:${PORT[$target]}" --proto wss \
                     --path /ab "$@" --dir $dir --streams "$streams" --bytes "$BULK_BYTES" \
-                    --server-pid "${PID[$target]}" --target "$target" --record "$RESULTS" ||
+                    --server-pid "${PID[$target]}" --target "$target" --record "$record" ||
                     echo "== $target $dir $row: run failed, not counted" >&2
             done
         done
     done
 done
-"$LOADGEN" report --reference old "$RESULTS" | tee "$OUT/table.md"
+{
+    echo "plain (smux_off):"
+    "$LOADGEN" report --reference old "$RESULTS"
+    echo
+    echo "mux (smux_on, 4 streams in one session):"
+    "$LOADGEN" report --reference old "$OUT/results-mux.jsonl"
+} | tee "$OUT/table.md"
