@@ -14,29 +14,6 @@ use tungstenite::Message;
 
 const TOKEN: &str = "node-token-1";
 
-/// The sum of a `/metrics` series whose line contains `label`.
-fn metric(server: &Server, name: &str, label: &str) -> f64 {
-    let (_, _, body) = http_request(
-        server.controller,
-        "GET /metrics HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
-    );
-    String::from_utf8(body)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Waits until `check` holds, up to [`WAIT`].
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The users the server has now (ping's `current_users`).
 fn user_count(server: &Server) -> u64 {
     let (_, reply) = server.post(r#"{"opt":9}"#);

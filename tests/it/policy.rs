@@ -73,29 +73,6 @@ fn open(server: &Server, path: &str) -> (u16, TcpStream) {
     open_from(server, path, 1)
 }
 
-/// The sum of a `/metrics` series with this label, e.g. `reason="quota"`.
-fn metric(server: &Server, name: &str, label: &str) -> f64 {
-    let (_, _, body) = http_request(
-        server.controller,
-        "GET /metrics HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
-    );
-    String::from_utf8(body)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Waits until `check` holds, up to [`WAIT`].
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Whether the server closes this tunnel with a close frame of `code` (within [`WAIT`]).
 fn closed_with(stream: &mut TcpStream, code: u16) -> bool {
     let (_, got) = read_until_close(stream);
@@ -660,15 +637,6 @@ fn a_graceful_restart_keeps_what_was_counted_since_the_last_report() {
     assert_eq!(line(&report, "/kept"), Some((4096, 4096, 1)), "{report}");
 }
 
-/// An smux v1 frame header (ver 1) with its payload.
-fn smux_frame(cmd: u8, sid: u32, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![1, cmd];
-    frame.extend_from_slice(&(payload.len() as u16).to_le_bytes());
-    frame.extend_from_slice(&sid.to_le_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
 #[test]
 fn mux_sessions_are_counted_shaped_and_cut_like_plain_tunnels() {
     let server = Server::plain();
@@ -690,8 +658,8 @@ fn mux_sessions_are_counted_shaped_and_cut_like_plain_tunnels() {
     );
     assert_eq!(status, 404);
     // Two streams from the backend that sends without pause share the user's limit.
-    let mut syns = smux_frame(0, 1, &[]);
-    syns.extend(smux_frame(0, 3, &[]));
+    let mut syns = testkit::smux::smux(0, 1, &[]);
+    syns.extend(testkit::smux::smux(0, 3, &[]));
     session.write_all(&masked_frame(true, 0x2, &syns)).unwrap();
     let down = Arc::new(AtomicU64::new(0));
     let close = Arc::new(AtomicU64::new(0));

@@ -52,7 +52,7 @@ pub mod prelude {
     pub use crate::backend::{backend, capture_backend, echo_backend};
     pub use crate::http::{header, http_request, read_response};
     pub use crate::rng::pattern;
-    pub use crate::server::{temp_dir, unique_path, Server, WAIT};
+    pub use crate::server::{eventually, metric, temp_dir, unique_path, Server, WAIT};
     pub use crate::sock::dead_addr;
     pub use crate::tls::{tls_client, tls_client_with, tls_config, tls_config_versions, Transport};
     pub use crate::ws::{

@@ -441,3 +441,27 @@ pub fn with_server(tls: bool, cases: impl FnOnce(&Server)) {
     cases(&server);
     finish(&server, base);
 }
+
+/// The sum of the `/metrics` samples of `name` whose line contains `label` (for example
+/// `reason="quota"`; `""` sums them all), as the server reports them now.
+pub fn metric(server: &Server, name: &str, label: &str) -> f64 {
+    let (_, _, body) = http_request(
+        server.controller,
+        "GET /metrics HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+    );
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `check` holds, up to [`WAIT`]; fails the test naming `what` if it never does.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
