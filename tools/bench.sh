@@ -5,7 +5,10 @@
 #
 # Environment: REPS (default 3; medians are taken over them), OUT (results folder, default
 # target/bench/DATE), BULK_BYTES (per single stream, default 1G; 4-stream runs move the same
-# total), TUNNELS (tunnels per run, default 1000), IDLE_COUNTS (default "1000 9000").
+# total), TUNNELS (tunnels per run, default 1000), IDLE_COUNTS (default "1000 9000"),
+# SHAPES (bulk upload shapes, default "bulk16k"; "bulk16k real" runs both, interleaved per
+# rep: `real` is mtt-client's shape, see tools/loadgen/src/shape.rs, and its rows are named
+# "..., real shape" so each compares with HAProxy driven the same way).
 #
 # Targets, all running at once on 127.0.0.1, all relaying to the same `loadgen sink`:
 #   tcp            the sink itself: loopback TCP with no relay (no server CPU)
@@ -26,6 +29,7 @@ REPS=${REPS:-3}
 BULK_BYTES=${BULK_BYTES:-1G}
 TUNNELS=${TUNNELS:-1000}
 IDLE_COUNTS=${IDLE_COUNTS:-1000 9000}
+SHAPES=${SHAPES:-bulk16k}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=${OUT:-$ROOT/target/bench/$STAMP}
 mkdir -p "$OUT"
@@ -66,7 +70,7 @@ LOADGEN=$BIN/loadgen
     echo "openssl: $(openssl version)"
     echo "rustc: $(rustc --version)"
     echo "open files (soft/hard): $(ulimit -Sn)/$(ulimit -Hn)"
-    echo "reps: $REPS, bulk bytes: $BULK_BYTES, tunnels per run: $TUNNELS"
+    echo "reps: $REPS, bulk bytes: $BULK_BYTES, tunnels per run: $TUNNELS, shapes: $SHAPES"
 } | tee "$OUT/machine.txt" >&2
 
 # --- processes -------------------------------------------------------------------------
@@ -219,13 +223,16 @@ for rep in $(seq "$REPS"); do
         for streams in 1 4; do
             bytes=$(bulk_size $streams)
             for dir in up down; do
-                LG bulk --addr "127.0.0.1:${SINK_PORTS[0]}" --proto tcp --target tcp \
-                    --dir $dir --streams $streams --bytes "$bytes"
-                run_targets bulk --dir $dir --streams $streams --bytes "$bytes"
-                LG bulk --addr "127.0.0.1:$EPOLL_DATA" --proto wss --mux --server-pid "$EPOLL_PID" \
-                    --target ours-epoll/mux --dir $dir --streams $streams --bytes "$bytes"
-                LG bulk --addr "127.0.0.1:$URING_DATA" --proto wss --mux --server-pid "$URING_PID" \
-                    --target ours-uring/mux --dir $dir --streams $streams --bytes "$bytes"
+                for shape in $SHAPES; do
+                    s=(--shape "$shape")
+                    LG bulk --addr "127.0.0.1:${SINK_PORTS[0]}" --proto tcp --target tcp \
+                        --dir $dir --streams $streams --bytes "$bytes" "${s[@]}"
+                    run_targets bulk --dir $dir --streams $streams --bytes "$bytes" "${s[@]}"
+                    LG bulk --addr "127.0.0.1:$EPOLL_DATA" --proto wss --mux --server-pid "$EPOLL_PID" \
+                        --target ours-epoll/mux --dir $dir --streams $streams --bytes "$bytes" "${s[@]}"
+                    LG bulk --addr "127.0.0.1:$URING_DATA" --proto wss --mux --server-pid "$URING_PID" \
+                        --target ours-uring/mux --dir $dir --streams $streams --bytes "$bytes" "${s[@]}"
+                done
             done
         done
     fi

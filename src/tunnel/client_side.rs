@@ -229,6 +229,85 @@ pub(crate) struct ClientWriter<W> {
     close_sent: Cell<bool>,
     /// A write was cancelled or failed part-way: the stream is unusable.
     poisoned: Cell<bool>,
+    /// Frames sent with [`ClientWriter::send_binary_joined`] while the writer was busy:
+    /// the next task to hold it writes them all in one write. Then their outcomes, until
+    /// their senders collect them.
+    joined: RefCell<Vec<Joined>>,
+    /// Numbers the entries of `joined`.
+    next_joined: Cell<u32>,
+}
+
+/// A frame waiting in [`ClientWriter::joined`], or its outcome.
+struct Joined {
+    ticket: u32,
+    state: JoinedState,
+}
+
+enum JoinedState {
+    /// The frame is `buf[start..]`.
+    Waiting(Vec<u8>, usize),
+    /// Another task is writing it.
+    Writing,
+    /// Another task wrote it: did the write succeed?
+    Done(bool),
+}
+
+/// Whole frames for one vectored write; the iovecs point into `bufs`, whose heap buffers
+/// do not move while the batch lives. `iovecs[first..]` is what is still to be written.
+///
+/// (Not monoio 0.2.4's `write_vectored_all`: its `IoVecMeta::consume` does not advance a
+/// partly written iovec and its length counts consumed ones, so a partial write resends
+/// bytes: frames corrupt.)
+struct Batch {
+    bufs: Vec<Vec<u8>>,
+    iovecs: Vec<libc::iovec>,
+    first: usize,
+}
+
+impl Batch {
+    /// Marks `n` more bytes written.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 && self.first < self.iovecs.len() {
+            let iov = &mut self.iovecs[self.first];
+            if iov.iov_len <= n {
+                n -= iov.iov_len;
+                self.first += 1;
+            } else {
+                // SAFETY: `n < iov_len`: still inside the same buffer.
+                iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+                iov.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.first >= self.iovecs.len()
+    }
+}
+
+// SAFETY: `iovecs` describes initialised bytes of `bufs`, which the batch owns and never
+// changes, so the pointers stay valid for as long as the runtime holds the batch.
+unsafe impl monoio::buf::IoVecBuf for Batch {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iovecs[self.first..].as_ptr()
+    }
+    fn read_iovec_len(&self) -> usize {
+        self.iovecs.len() - self.first
+    }
+}
+
+/// Takes a waiting frame out of `joined` if its sender is dropped before it is written,
+/// and drops an outcome nobody will collect.
+struct Unjoin<'a> {
+    joined: &'a RefCell<Vec<Joined>>,
+    ticket: u32,
+}
+
+impl Drop for Unjoin<'_> {
+    fn drop(&mut self) {
+        self.joined.borrow_mut().retain(|j| j.ticket != self.ticket);
+    }
 }
 
 /// One turn at the writer; gives the write half back when dropped. If the turn is dropped
@@ -258,6 +337,8 @@ impl<W: AsyncWriteRent> ClientWriter<W> {
             waiters: RefCell::new(Vec::new()),
             close_sent: Cell::new(false),
             poisoned: Cell::new(false),
+            joined: RefCell::new(Vec::new()),
+            next_joined: Cell::new(0),
         }
     }
 
@@ -315,6 +396,117 @@ impl<W: AsyncWriteRent> ClientWriter<W> {
         buf[start..HEADER_ROOM].copy_from_slice(&header[..header_len]);
         let (result, slice) = self.write_raw(buf.slice(start..)).await;
         (result, slice.into_inner())
+    }
+
+    /// Sends `buf[HEADER_ROOM..]` as one binary frame, as [`ClientWriter::send_binary`],
+    /// but joined with the frames other tasks (a mux session's streams) send meanwhile:
+    /// if the writer is busy the frame waits, and whichever task next holds the writer
+    /// writes every waiting frame in one vectored write (one TLS write, one syscall),
+    /// each frame whole. Returns once this frame is written. If the sender is dropped
+    /// while its frame waits, the frame is not sent.
+    pub(crate) async fn send_binary_joined(&self, mut buf: Vec<u8>) -> io::Result<()> {
+        let payload_len = buf.len() - HEADER_ROOM;
+        let mut header = [0u8; 10];
+        let header_len = ws::encode_header(OpCode::Binary, payload_len as u64, &mut header);
+        let start = HEADER_ROOM - header_len;
+        buf[start..HEADER_ROOM].copy_from_slice(&header[..header_len]);
+        let ticket = self.next_joined.get();
+        self.next_joined.set(ticket.wrapping_add(1));
+        self.joined.borrow_mut().push(Joined {
+            ticket,
+            state: JoinedState::Waiting(buf, start),
+        });
+        let _unjoin = Unjoin {
+            joined: &self.joined,
+            ticket,
+        };
+        // Either another task wrote our frame (its outcome), or the writer is free: we
+        // take it and write every waiting frame, ours among them.
+        let led = poll_fn(|cx| {
+            let joined = self.joined.borrow();
+            if let Some(j) = joined.iter().find(|j| j.ticket == ticket) {
+                if let JoinedState::Done(ok) = j.state {
+                    return Poll::Ready(Err(ok));
+                }
+            }
+            drop(joined);
+            match self.inner.borrow_mut().take() {
+                Some(inner) => Poll::Ready(Ok(Turn {
+                    owner: self,
+                    inner: Some(inner),
+                    writing: false,
+                })),
+                None => {
+                    self.waiters.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        let mut turn = match led {
+            Err(true) => return Ok(()),
+            Err(false) => return Err(io::ErrorKind::BrokenPipe.into()),
+            Ok(turn) => turn,
+        };
+        let mut tickets = Vec::new();
+        let mut batch = Batch {
+            bufs: Vec::new(),
+            iovecs: Vec::new(),
+            first: 0,
+        };
+        for j in self.joined.borrow_mut().iter_mut() {
+            if let JoinedState::Waiting(..) = j.state {
+                if let JoinedState::Waiting(buf, start) =
+                    std::mem::replace(&mut j.state, JoinedState::Writing)
+                {
+                    batch.iovecs.push(libc::iovec {
+                        // SAFETY: `start <= buf.len()`; the heap buffer does not move when
+                        // the Vec is moved into the batch.
+                        iov_base: unsafe { buf.as_ptr().add(start) } as *mut libc::c_void,
+                        iov_len: buf.len() - start,
+                    });
+                    batch.bufs.push(buf);
+                    tickets.push(j.ticket);
+                }
+            }
+        }
+        let ok = if !self.is_open() {
+            false
+        } else if let Some(inner) = turn.inner.as_mut() {
+            turn.writing = true;
+            let mut ok = true;
+            while !batch.done() {
+                let (result, back) = inner.writev(batch).await;
+                batch = back;
+                match result {
+                    Ok(n) if n > 0 => batch.consume(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    _ => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            turn.writing = false;
+            if !ok {
+                self.poisoned.set(true);
+            }
+            ok
+        } else {
+            false
+        };
+        for j in self.joined.borrow_mut().iter_mut() {
+            if tickets.contains(&j.ticket) {
+                j.state = JoinedState::Done(ok);
+            }
+        }
+        // Dropping the turn wakes the senders whose frames went out with ours.
+        drop(turn);
+        if ok {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
     }
 
     /// Sends a small frame (a pong or a short data frame).
@@ -430,6 +622,140 @@ mod tests {
             );
             assert_eq!(reader.next(&activity).await, Err(ReadEnd::Gone));
         });
+    }
+
+    /// A client connection that keeps each write's bytes (a vectored write as one); its
+    /// writes wait for the gate, as writes to a socket that is not ready would.
+    struct Slow(std::rc::Rc<RefCell<Vec<Vec<u8>>>>, Gate);
+
+    /// Opened by the test: until then the first write does not complete.
+    type Gate = std::rc::Rc<RefCell<(bool, Option<Waker>)>>;
+
+    async fn pass(gate: &Gate) {
+        poll_fn(|cx| {
+            let mut g = gate.borrow_mut();
+            if g.0 {
+                return Poll::Ready(());
+            }
+            g.1 = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    impl AsyncWriteRent for Slow {
+        async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+            // SAFETY: the buffer's initialised bytes, while we own it.
+            let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+            let data = data.to_vec();
+            pass(&self.1).await;
+            let n = data.len();
+            self.0.borrow_mut().push(data);
+            (Ok(n), buf)
+        }
+        async fn writev<T: monoio::buf::IoVecBuf>(
+            &mut self,
+            buf: T,
+        ) -> monoio::BufResult<usize, T> {
+            let mut data = Vec::new();
+            // SAFETY: the iovecs describe initialised bytes owned by `buf`.
+            unsafe {
+                let ptr = buf.read_iovec_ptr();
+                for i in 0..buf.read_iovec_len() {
+                    let iov = &*ptr.add(i);
+                    data.extend_from_slice(std::slice::from_raw_parts(
+                        iov.iov_base as *const u8,
+                        iov.iov_len,
+                    ));
+                }
+            }
+            pass(&self.1).await;
+            let n = data.len();
+            self.0.borrow_mut().push(data);
+            (Ok(n), buf)
+        }
+        async fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        async fn shutdown(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_partial_vectored_write_resumes_where_it_stopped() {
+        let bufs = vec![b"abc".to_vec(), b"de".to_vec()];
+        let iovecs = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut batch = Batch {
+            bufs,
+            iovecs,
+            first: 0,
+        };
+        let left = |b: &Batch| -> Vec<u8> {
+            b.iovecs[b.first..]
+                .iter()
+                // SAFETY: the iovecs point into `b.bufs`.
+                .flat_map(|iov| unsafe {
+                    std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len).to_vec()
+                })
+                .collect()
+        };
+        batch.consume(2);
+        assert_eq!(left(&batch), b"cde");
+        batch.consume(2);
+        assert_eq!(left(&batch), b"e");
+        assert!(!batch.done());
+        batch.consume(1);
+        assert!(batch.done());
+        assert_eq!(monoio::buf::IoVecBuf::read_iovec_len(&batch), 0);
+    }
+
+    #[test]
+    fn frames_sent_while_the_writer_is_busy_go_out_whole_in_one_write() {
+        let writes = std::rc::Rc::new(RefCell::new(Vec::new()));
+        let gate: Gate = Default::default();
+        let writer = std::rc::Rc::new(ClientWriter::new(Slow(writes.clone(), gate.clone())));
+        let frame = |b: u8| {
+            let mut v = vec![0u8; HEADER_ROOM];
+            v.extend_from_slice(&[b; 3]);
+            v
+        };
+        block_on(async {
+            let tasks: Vec<_> = (1..=3u8)
+                .map(|b| {
+                    let w = writer.clone();
+                    let f = frame(b);
+                    monoio::spawn(async move { w.send_binary_joined(f).await })
+                })
+                .collect();
+            // Runs once all three have started: the first is writing, two wait.
+            monoio::spawn(async move {
+                let mut g = gate.borrow_mut();
+                g.0 = true;
+                if let Some(w) = g.1.take() {
+                    w.wake();
+                }
+            });
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        // The first sender found the writer free; the other two waited and went together.
+        let writes = writes.borrow();
+        assert_eq!(
+            *writes,
+            vec![
+                vec![0x82, 3, 1, 1, 1],
+                vec![0x82, 3, 2, 2, 2, 0x82, 3, 3, 3, 3]
+            ]
+        );
+        assert!(writer.joined.borrow().is_empty(), "outcomes are collected");
     }
 
     #[test]

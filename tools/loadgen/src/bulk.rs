@@ -7,6 +7,11 @@
 //! client spends its CPU on TLS and syscalls, not on masking; the relay unmasks each byte
 //! as it must. Each stream announces its byte count to the sink, which acknowledges an
 //! upload once every byte arrived, so the clock stops only when the relay delivered all.
+//!
+//! With `--shape real` uploads take mtt-client's shape instead (see [`crate::shape`]): each
+//! stream reads from a local socket fed by a thread, sends one masked message (or smux
+//! frame) per read of at most 16 KiB, cut into records as Go's crypto/tls cuts them.
+//! Downloads differ only in how the request is written: the client only reads.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -17,6 +22,7 @@ use crate::backend::{self, ACK};
 use crate::client::{self, Chunk, Proto, Reader, SmuxDecoder, SmuxEvent, Transport};
 use crate::procfs::CpuMeter;
 use crate::record::Recorder;
+use crate::shape::{self, GoRecords, Shape, Sizes};
 
 pub struct Bulk {
     pub addr: SocketAddr,
@@ -29,12 +35,15 @@ pub struct Bulk {
     pub bytes: u64,
     /// Payload bytes per WebSocket (and smux) frame.
     pub frame: usize,
+    pub shape: Shape,
     pub server_pid: Option<u32>,
 }
 
 /// One stream's result.
 struct Done {
     bytes: u64,
+    /// The upload's message sizes (`--shape real`).
+    sizes: Sizes,
 }
 
 /// The bytes a writer sends again and again: about 256 KiB of whole frames, and the
@@ -81,16 +90,52 @@ fn plain_stream(b: &Bulk, go: &Barrier) -> io::Result<Done> {
         }
     };
     let mut reader = Reader::new(b.proto.websocket(), early);
-    let send = |t: &mut Transport, bytes: &[u8]| -> io::Result<()> {
-        if b.proto.websocket() {
-            let mut frame = Vec::new();
+    let mut records = GoRecords::after_upgrade();
+    let real = b.shape == Shape::Real;
+    let mut send = |t: &mut Transport, bytes: &[u8]| -> io::Result<()> {
+        let mut frame = Vec::new();
+        let bytes = if b.proto.websocket() {
             client::ws_frame(bytes, &mut frame);
-            t.write_all(&frame)
+            &frame[..]
+        } else {
+            bytes
+        };
+        if real {
+            records.write(t, bytes)
         } else {
             t.write_all(bytes)
         }
     };
-    if b.upload {
+    let mut sizes = Sizes::default();
+    if b.upload && real {
+        let (mut src, feeder) = shape::local_source(b.bytes)?;
+        go.wait();
+        send(&mut t, &backend::request(b'U', b.bytes))?;
+        let mut buf = vec![0u8; shape::MAX_PLAINTEXT];
+        loop {
+            let n = shape::read_chunk(&mut src, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            sizes.add(n);
+            send(&mut t, &buf[..n])?;
+        }
+        feeder
+            .join()
+            .map_err(|_| io::Error::other("feeder panicked"))??;
+        if sizes.bytes != b.bytes {
+            return Err(io::Error::other(format!(
+                "local source gave {} of {} bytes",
+                sizes.bytes, b.bytes
+            )));
+        }
+        await_ack(&mut reader, &mut t)?;
+        t.close();
+        Ok(Done {
+            bytes: b.bytes,
+            sizes,
+        })
+    } else if b.upload {
         let (block, per_block) = upload_block(b.proto, &[], b.frame);
         let blocks = b.bytes.div_ceil(per_block);
         let total = blocks * per_block;
@@ -100,15 +145,12 @@ fn plain_stream(b: &Bulk, go: &Barrier) -> io::Result<Done> {
             t.write_all(&block)?;
         }
         t.flush()?;
-        loop {
-            match reader.next(&mut t)? {
-                Chunk::Data(r) if reader.buf[r.start] == ACK => break,
-                Chunk::Data(_) => {}
-                other => return Err(io::Error::other(format!("no acknowledgement: {other:?}"))),
-            }
-        }
+        await_ack(&mut reader, &mut t)?;
         t.close();
-        Ok(Done { bytes: total })
+        Ok(Done {
+            bytes: total,
+            sizes,
+        })
     } else {
         go.wait();
         send(&mut t, &backend::request(b'D', b.bytes))?;
@@ -126,7 +168,77 @@ fn plain_stream(b: &Bulk, go: &Barrier) -> io::Result<Done> {
             }
         }
         t.close();
-        Ok(Done { bytes: got })
+        Ok(Done { bytes: got, sizes })
+    }
+}
+
+/// Reads until the sink's acknowledgement of an upload.
+fn await_ack(reader: &mut Reader, t: &mut Transport) -> io::Result<()> {
+    loop {
+        match reader.next(t)? {
+            Chunk::Data(r) if reader.buf[r.start] == ACK => return Ok(()),
+            Chunk::Data(_) => {}
+            other => return Err(io::Error::other(format!("no acknowledgement: {other:?}"))),
+        }
+    }
+}
+
+/// mtt-client's mux upload: each stream reads its own local source; whichever has data
+/// sends one smux frame per read, each frame one message (one Go `Write`).
+fn mux_real_upload(
+    t: &mut Transport,
+    records: &mut GoRecords,
+    sids: &[u32],
+    sources: Vec<std::net::TcpStream>,
+) -> io::Result<Sizes> {
+    use std::os::fd::AsRawFd;
+    let mut sources: Vec<Option<std::net::TcpStream>> = sources.into_iter().map(Some).collect();
+    let mut buf = vec![0u8; shape::MAX_PLAINTEXT];
+    let mut sizes = Sizes::default();
+    let mut msg = Vec::with_capacity(shape::MAX_PLAINTEXT + 32);
+    loop {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut which = Vec::new();
+        for (i, s) in sources.iter().enumerate() {
+            if let Some(s) = s {
+                fds.push(libc::pollfd {
+                    fd: s.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                which.push(i);
+            }
+        }
+        if fds.is_empty() {
+            return Ok(sizes);
+        }
+        // SAFETY: `fds` is a valid array of pollfd of the length given.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 60_000) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::Error::other("local sources silent for 60 s"));
+        }
+        for (fd, &i) in fds.iter().zip(&which) {
+            if fd.revents == 0 {
+                continue;
+            }
+            let src = sources[i].as_mut().expect("polled sources are open");
+            let n = shape::read_chunk(src, &mut buf)?;
+            if n == 0 {
+                sources[i] = None;
+                continue;
+            }
+            sizes.add(n);
+            msg.clear();
+            client::smux_in_ws(client::PSH, sids[i], &buf[..n], &mut msg);
+            records.write(t, &msg)?;
+        }
     }
 }
 
@@ -141,14 +253,15 @@ fn mux_session(b: &Bulk, go: &Barrier) -> io::Result<Done> {
     };
     let mut reader = Reader::new(true, early);
     let sids: Vec<u32> = (0..b.streams as u32).map(|i| 1 + 2 * i).collect();
+    let real = b.shape == Shape::Real;
     let (block, per_block) = upload_block(b.proto, &sids, b.frame);
-    let blocks = if b.upload {
+    let blocks = if b.upload && !real {
         (b.bytes * b.streams as u64).div_ceil(per_block)
     } else {
         0
     };
     // Blocks interleave the streams evenly; each stream's share of the total.
-    let per_stream = if b.upload {
+    let per_stream = if b.upload && !real {
         blocks * per_block / b.streams as u64
     } else {
         b.bytes
@@ -164,12 +277,48 @@ fn mux_session(b: &Bulk, go: &Barrier) -> io::Result<Done> {
             &mut opening,
         );
     }
-    go.wait();
-    t.write_all(&opening)?;
-    for _ in 0..blocks {
-        t.write_all(&block)?;
+    let mut sizes = Sizes::default();
+    if real {
+        let mut sources = Vec::new();
+        let mut feeders = Vec::new();
+        if b.upload {
+            for _ in &sids {
+                let (src, feeder) = shape::local_source(per_stream)?;
+                sources.push(src);
+                feeders.push(feeder);
+            }
+        }
+        let mut records = GoRecords::after_upgrade();
+        go.wait();
+        // One message per smux frame, each its own Go `Write`.
+        for &sid in &sids {
+            let mut msg = Vec::new();
+            client::smux_in_ws(client::SYN, sid, &[], &mut msg);
+            records.write(&mut t, &msg)?;
+            msg.clear();
+            client::smux_in_ws(
+                client::PSH,
+                sid,
+                &backend::request(cmd, per_stream),
+                &mut msg,
+            );
+            records.write(&mut t, &msg)?;
+        }
+        if b.upload {
+            sizes = mux_real_upload(&mut t, &mut records, &sids, sources)?;
+            for f in feeders {
+                f.join()
+                    .map_err(|_| io::Error::other("feeder panicked"))??;
+            }
+        }
+    } else {
+        go.wait();
+        t.write_all(&opening)?;
+        for _ in 0..blocks {
+            t.write_all(&block)?;
+        }
+        t.flush()?;
     }
-    t.flush()?;
     let mut decoder = SmuxDecoder::default();
     let mut got = vec![0u64; sids.len()];
     let mut acked = 0;
@@ -210,6 +359,7 @@ fn mux_session(b: &Bulk, go: &Barrier) -> io::Result<Done> {
     t.close();
     Ok(Done {
         bytes: per_stream * sids.len() as u64,
+        sizes,
     })
 }
 
@@ -237,25 +387,43 @@ pub fn run(b: Bulk, rec: &Recorder) -> Result<(), String> {
     let cpu = CpuMeter::start(b.server_pid);
     let started = Instant::now();
     let mut bytes = 0u64;
+    let mut sizes = Sizes::default();
     for h in handles {
         match h.join() {
-            Ok(Ok(done)) => bytes += done.bytes,
+            Ok(Ok(done)) => {
+                bytes += done.bytes;
+                sizes.merge(&done.sizes);
+            }
             Ok(Err(e)) => return Err(format!("stream failed: {e}")),
             Err(_) => return Err("stream thread panicked".into()),
         }
     }
     let secs = started.elapsed().as_secs_f64();
     let dir = if b.upload { "up" } else { "down" };
+    // Real-shape rows are rows of their own, so each compares with its own shape.
     let name = format!(
-        "bulk {dir} {} stream{}",
+        "bulk {dir} {} stream{}{}",
         b.streams,
-        if b.streams == 1 { "" } else { "s" }
+        if b.streams == 1 { "" } else { "s" },
+        if b.shape == Shape::Real {
+            ", real shape"
+        } else {
+            ""
+        }
     );
     rec.record(
         &format!("{name}: throughput"),
         bytes as f64 * 8.0 / secs / 1e9,
         "Gbit/s",
     );
+    if sizes.count > 0 {
+        rec.record(&format!("{name}: mean read"), sizes.mean(), "B");
+        rec.record(
+            &format!("{name}: full 16 KiB reads"),
+            100.0 * sizes.full as f64 / sizes.count as f64,
+            "%",
+        );
+    }
     if let Some(used) = cpu.used() {
         let gib = bytes as f64 / (1u64 << 30) as f64;
         rec.record(&format!("{name}: server CPU"), used / gib, "s/GiB");

@@ -16,6 +16,7 @@ mod bulk;
 mod client;
 mod procfs;
 mod record;
+mod shape;
 mod tunnels;
 mod users;
 
@@ -87,6 +88,10 @@ struct BulkArgs {
     /// payload bytes per WebSocket frame (default 16384)
     #[argh(option, default = "16384")]
     frame: usize,
+    /// upload shape: bulk16k (16 KiB frames in 256 KiB writes, the default) or real
+    /// (mtt-client's: a message per read of a local socket, Go 1.19's TLS records)
+    #[argh(option, from_str_fn(parse_shape), default = "shape::Shape::Bulk16k")]
+    shape: shape::Shape,
     /// pid of the relay whose CPU is measured
     #[argh(option)]
     server_pid: Option<u32>,
@@ -237,6 +242,10 @@ fn parse_proto(s: &str) -> Result<Proto, String> {
     Proto::parse(s)
 }
 
+fn parse_shape(s: &str) -> Result<shape::Shape, String> {
+    shape::Shape::parse(s)
+}
+
 fn parse_dir(s: &str) -> Result<bool, String> {
     match s {
         "up" => Ok(true),
@@ -300,6 +309,7 @@ fn main() {
                 upload: a.dir,
                 bytes: a.bytes,
                 frame: a.frame.clamp(1, 65535),
+                shape: a.shape,
                 server_pid: a.server_pid,
             },
             &Recorder {
