@@ -1052,9 +1052,7 @@ pub(crate) struct Tls13Writer<W> {
 }
 
 impl<W: AsyncWriteRent> Tls13Writer<W> {
-    /// Seals `parts`, one after another, into records (none spans two parts) and writes
-    /// them in one write.
-    async fn send(&mut self, content_type: u8, parts: &[&[u8]]) -> io::Result<()> {
+    async fn send(&mut self, content_type: u8, data: &[u8]) -> io::Result<()> {
         if self.sending.torn.get() {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
@@ -1064,16 +1062,15 @@ impl<W: AsyncWriteRent> Tls13Writer<W> {
             // After a fatal alert either way, nothing more is sent but ours (RFC 8446 6.2).
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len == 0 {
+        if data.is_empty() {
             return Ok(());
         }
-        let records: usize = parts.iter().map(|p| p.len().div_ceil(MAX_PLAINTEXT)).sum();
+        let records = data.len().div_ceil(MAX_PLAINTEXT);
         // Room for the records and a KeyUpdate.
-        let mut out = Vec::with_capacity(len + (records + 1) * (HEADER + 1 + TAG) + 4);
+        let mut out = Vec::with_capacity(data.len() + (records + 1) * (HEADER + 1 + TAG) + 4);
         {
             let mut tx = self.sending.keys.borrow_mut();
-            for chunk in parts.iter().flat_map(|p| p.chunks(MAX_PLAINTEXT)) {
+            for chunk in data.chunks(MAX_PLAINTEXT) {
                 self.sending.update_if_due(&mut tx, &mut out)?;
                 tx.seal(content_type, chunk, &mut out)?;
             }
@@ -1107,28 +1104,26 @@ impl<W: AsyncWriteRent> AsyncWriteRent for Tls13Writer<W> {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         // SAFETY: the buffer's initialised bytes, borrowed while we own it.
         let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
-        let result = self.send(CONTENT_APPLICATION_DATA, &[data]).await;
+        let result = self.send(CONTENT_APPLICATION_DATA, data).await;
         let n = buf.bytes_init();
         (result.map(|_| n), buf)
     }
 
-    /// Seals each buffer straight into the records (no gathering copy), all written at
-    /// once: a mux session's joined frames cost one syscall.
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        // SAFETY: the iovecs describe initialised memory owned by `buf`, borrowed while we
-        // hold it.
-        let parts: Vec<&[u8]> = unsafe {
+        let mut data = Vec::new();
+        // SAFETY: the iovecs describe initialised memory owned by `buf`.
+        unsafe {
             let ptr = buf.read_iovec_ptr();
-            (0..buf.read_iovec_len())
-                .map(|i| {
-                    let iov = &*ptr.add(i);
-                    std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len)
-                })
-                .collect()
-        };
-        let len = parts.iter().map(|p| p.len()).sum();
-        let result = self.send(CONTENT_APPLICATION_DATA, &parts).await;
-        (result.map(|_| len), buf)
+            for i in 0..buf.read_iovec_len() {
+                let iov = &*ptr.add(i);
+                data.extend_from_slice(std::slice::from_raw_parts(
+                    iov.iov_base as *const u8,
+                    iov.iov_len,
+                ));
+            }
+        }
+        let result = self.send(CONTENT_APPLICATION_DATA, &data).await;
+        (result.map(|_| data.len()), buf)
     }
 
     async fn flush(&mut self) -> io::Result<()> {

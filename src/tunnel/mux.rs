@@ -657,8 +657,7 @@ async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
         smux::encode_header(Cmd::Psh, stream.sid, n as u16, &mut header);
         buf[HEADER_ROOM..room].copy_from_slice(&header);
         stream.sending.set(true);
-        // Frames other streams send meanwhile go out in the same write.
-        let sent = session.writer.send_binary_joined(buf).await;
+        let sent = session.writer.send_binary(buf).await.0;
         stream.sending.set(false);
         budget.spend(n).await;
         if sent.is_err() {
