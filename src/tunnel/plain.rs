@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -33,9 +33,13 @@ use crate::tunnel::client_side::{
 /// How long to wait for the client's close frame after ours, or for a frame being
 /// written to finish before ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
-/// How long dst may go on sending (dropped) after the client has gone, before its
-/// connection is closed anyway.
+/// After the client has gone: how long dst may be silent before its connection is closed
+/// anyway (see [`linger`]).
 const LINGER: Duration = Duration::from_secs(5);
+/// After the client has gone: how long dst may go on sending (dropped) in all.
+const LINGER_MAX: Duration = Duration::from_secs(60);
+/// How often the linger looks at dst's last activity.
+const LINGER_TICK: Duration = Duration::from_secs(1);
 
 /// How a tunnel ended, for logs and tests; the side that ended it is in the name.
 #[derive(Debug, PartialEq, Eq)]
@@ -80,7 +84,9 @@ where
     let wind = Wind::default();
     let end = {
         // The reader moves into its direction: kept here too, it would take room twice.
-        let mut up = pin!(client_to_dst(client, dst_write, writer, activity, ticket));
+        let mut up = pin!(client_to_dst(
+            client, dst_write, writer, activity, ticket, &wind
+        ));
         let mut down = pin!(dst_to_client(dst_read, writer, activity, ticket, &wind));
         let mut closing = pin!(ticket.closing());
         let end = poll_fn(|cx| {
@@ -109,7 +115,7 @@ where
                 // The client is done: end its connection now, then linger on dst.
                 wind.discard.set(true);
                 Box::pin(writer.shutdown()).await;
-                let _ = Box::pin(monoio::time::timeout(LINGER, down)).await;
+                Box::pin(linger(down, activity)).await;
             }
             TunnelEnd::Idle | TunnelEnd::Kicked => {
                 // A frame half-written to the client must be finished before a close frame
@@ -118,6 +124,16 @@ where
                 if writer.busy() {
                     let _ = Box::pin(monoio::time::timeout(CLOSE_WAIT, down)).await;
                 }
+                let (code, reason) = match end {
+                    TunnelEnd::Idle => (close_code::GOING_AWAY, "idle"),
+                    _ => (close_code::POLICY, ""),
+                };
+                Box::pin(writer.send_close(code, reason)).await.ok();
+                // Then the client's answer, its data dropped (bounded): closing with its
+                // bytes unread would reset the connection, and a client still sending
+                // could lose our close frame, and with it the reason, to the reset.
+                wind.drop_client.set(true);
+                let _ = Box::pin(monoio::time::timeout(CLOSE_WAIT, up)).await;
             }
             TunnelEnd::ClientAborted => reset_on_close(dst_fd),
             TunnelEnd::BackendError => {}
@@ -126,21 +142,26 @@ where
     };
     // Both directions are dropped by now: the writer is ours alone. The closing steps
     // are boxed: inline, the tunnel's future would keep room for them all its life.
-    match end {
-        TunnelEnd::Idle => {
-            Box::pin(writer.send_close(close_code::GOING_AWAY, "idle"))
-                .await
-                .ok();
-        }
-        TunnelEnd::Kicked => {
-            Box::pin(writer.send_close(close_code::POLICY, ""))
-                .await
-                .ok();
-        }
-        _ => {}
-    }
     Box::pin(writer.shutdown()).await;
     end
+}
+
+/// Reads and drops what `dst` sends (the dst-to-client direction, told to discard) until
+/// it closes, while it keeps sending: after [`LINGER`] of silence, or [`LINGER_MAX`] in
+/// all, the caller closes it anyway. A dst that is still sending is taken to be still
+/// reading what the client sent; closing on it then would reset the connection and throw
+/// away what it has not yet read (a busy or slow backend needs more than a fixed 5 s).
+async fn linger<F: Future<Output = TunnelEnd>>(down: Pin<&mut F>, activity: &Cell<Instant>) {
+    let started = Instant::now();
+    let mut down = down;
+    loop {
+        match monoio::time::timeout(LINGER_TICK, down.as_mut()).await {
+            Ok(_) => return,
+            Err(_) if activity.get().elapsed() >= LINGER => return,
+            Err(_) if started.elapsed() >= LINGER_MAX => return,
+            Err(_) => {}
+        }
+    }
 }
 
 /// How the dst-to-client direction behaves once the tunnel is ending.
@@ -150,6 +171,8 @@ struct Wind {
     stop: Cell<bool>,
     /// Keep reading dst, but drop what comes: the client has gone.
     discard: Cell<bool>,
+    /// Our close frame is out: read the client only for its answer, dropping its data.
+    drop_client: Cell<bool>,
 }
 
 /// Client frames to `dst`: each payload slice is written from the read buffer as it comes.
@@ -168,6 +191,7 @@ fn client_to_dst<'a, R, D, W>(
     writer: &'a ClientWriter<W>,
     activity: &'a Cell<Instant>,
     ticket: &'a Ticket,
+    wind: &'a Wind,
 ) -> impl Future<Output = TunnelEnd> + 'a
 where
     R: AsyncReadRent + Readiness + 'a,
@@ -181,6 +205,9 @@ where
                 Ok(Incoming::Data(range)) => {
                     // The data frames that came in the same read go out in one write.
                     let range = client.coalesce(range);
+                    if wind.drop_client.get() {
+                        continue;
+                    }
                     let len = range.len();
                     ticket.up(len);
                     let buf = std::mem::take(client.buf_mut());
@@ -280,6 +307,8 @@ where
         };
         drained = n < size;
         if wind.discard.get() {
+            // dst is still alive: the linger after the client's end goes on.
+            activity.set(Instant::now());
             continue;
         }
         activity.set(Instant::now());
