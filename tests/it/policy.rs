@@ -373,7 +373,8 @@ fn quota_cuts_every_open_tunnel_and_refuses_new_ones_until_resent() {
     for tunnel in &mut idle {
         assert!(closed_with(tunnel, 1008));
     }
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // Every worker's sweep runs each second; the bound is generous for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(open(&server, "/quota").0, 404);
     assert!(metric(&server, "mtt_refused_total", "reason=\"quota\"") >= 1.0);
     let (_, reply) = server.post(r#"{"opt":5,"args_bunch":[{"path":"/quota"}]}"#);
