@@ -168,8 +168,10 @@ impl Controller {
                     })
                     .collect(),
             );
-            controller.table.apply(&change);
-            broadcast::tell_all(&controller.workers, Request::Routes(change));
+            let update = controller.table.apply(&change);
+            for slice in update.into_slices() {
+                broadcast::tell_all(&controller.workers, Request::Routes(slice));
+            }
         }
         controller
     }
@@ -192,8 +194,11 @@ impl Controller {
         for (policy, limits) in &update.in_place {
             policy.set(limits);
         }
-        self.table.apply(&change);
-        broadcast::ask_all(&self.workers, Request::Routes(change));
+        let update = self.table.apply(&change);
+        // A large change goes in slices, each a bounded step for a worker, its tunnels
+        // running between them; all are queued at once and answered before this returns.
+        let slices = update.into_slices().into_iter().map(Request::Routes);
+        broadcast::ask_all_in_turn(&self.workers, slices.collect());
         self.changes += 1;
         if let Some(state) = &mut self.state {
             if let Err(e) = state.compact_if_large(&self.table, &self.ledger) {

@@ -28,7 +28,7 @@ use monoio::net::TcpListener;
 
 use crate::control::broadcast::{self, Reply, Request, WorkerInbox};
 use crate::control::registry::{Refusal, StatsTable};
-use crate::control::routes::RouteTable;
+use crate::control::routes::RouteView;
 use crate::net::transport::DataListener;
 use crate::runtime::doorbell::Doorbell;
 use crate::tunnel::{self, Context};
@@ -139,10 +139,10 @@ impl Answer for Context {
     /// Answers one request from the controller.
     fn answer(&self, request: &Request) -> Reply {
         match request {
-            Request::Routes(change) => {
-                self.routes.borrow_mut().apply(change);
+            Request::Routes(update) => {
+                self.routes.borrow_mut().install(update);
                 // Open tunnels of these users take their new limits (or lose them).
-                for route in change.upserted() {
+                for route in update.upserted() {
                     self.stats.attach(route.path(), route.policy());
                 }
                 Reply::Applied
@@ -234,7 +234,7 @@ async fn run(spec: WorkerSpec) {
     }
     let grace = spec.settings.grace;
     let worker = Rc::new(Context {
-        routes: RefCell::new(RouteTable::new()),
+        routes: RefCell::new(RouteView::new()),
         tls: RefCell::new(spec.tls),
         settings: spec.settings.tunnel,
         stats: StatsTable::default(),
@@ -255,7 +255,9 @@ async fn run(spec: WorkerSpec) {
         // The hook runs inside a relay's poll: should anything there hold what answering
         // needs, leave the requests to the task above rather than panic on a borrow.
         if !requests.requests.is_empty() && answering.can_answer() {
-            broadcast::drain(&requests, index, &mut |request| answering.answer(request))
+            // One request per yield: a large change comes in slices, and the relay that
+            // yielded waits for one slice only.
+            broadcast::answer_one(&requests, index, &mut |request| answering.answer(request));
         }
     }));
     // Busy relays yield through this (see task::Budget).
