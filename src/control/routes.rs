@@ -921,6 +921,11 @@ impl fmt::Debug for RouteUpdate {
 }
 
 impl RouteUpdate {
+    /// How many routes the change removed or replaced.
+    pub fn displaced(&self) -> usize {
+        self.retired.len()
+    }
+
     /// The routes the change added or replaced, in shard order.
     pub fn upserted(&self) -> impl Iterator<Item = &Route> {
         self.upserted.iter().map(|(_, route)| route)
