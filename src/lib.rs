@@ -4,7 +4,8 @@
 //! destination. A panel adds and removes users at run time through a JSON controller.
 //!
 //! Thread per core: each worker runs a monoio runtime (io_uring by default, epoll with
-//! `-driver epoll`) with its own SO_REUSEPORT listener and its own copy of the routes; the
+//! `-driver epoll`) with its own SO_REUSEPORT listener and its own view of the routes (an
+//! array of handles to the table's immutable shards, which all workers share); the
 //! controller thread owns the authoritative table and broadcasts every change to the
 //! workers, replying only when all have it. The data path takes no lock.
 //!

@@ -1,10 +1,14 @@
 //! Users and where their bytes go: the route table and the changes the controller makes
 //! to it.
 //!
-//! The controller owns the authoritative [`RouteTable`]; each worker has its own copy,
-//! which the data path reads without a lock. Each change is one [`RouteChange`], applied
-//! to the controller's table and sent, shared by `Arc`, to every worker (see
-//! [`crate::control::broadcast`]). This module knows nothing of threads, sockets or HTTP.
+//! The controller owns the authoritative [`RouteTable`], built of immutable shards that
+//! every worker shares; each worker has its own [`RouteView`], an array of handles to
+//! those shards, which the data path reads without a lock or an atomic operation. Each
+//! change is one [`RouteChange`], applied to the controller's table, which returns it as a
+//! [`RouteUpdate`] (the new versions of the shards it touched), sent in slices to every
+//! worker (see [`crate::control::broadcast`]). A user costs its route block and a slot in
+//! one shard, whatever the number of workers. This module knows nothing of threads,
+//! sockets or HTTP.
 //!
 //! A user with limits (issue 13) carries its shared [`UserPolicy`] in its route block: a
 //! flag bit in the header says the block has one more word, an `Arc<UserPolicy>`, before

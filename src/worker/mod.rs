@@ -1,12 +1,13 @@
 //! Worker threads: one OS thread per worker, pinned to a core, each running its own monoio
 //! runtime (io_uring, or epoll where io_uring is forbidden) with its own SO_REUSEPORT
-//! listener on the data address, its own copy of the routes, and nothing shared with other
-//! workers on the data path.
+//! listener on the data address, its own view of the routes (handles to the controller's
+//! immutable shards), and nothing shared with other workers on the data path.
 //!
 //! A worker answers the controller (route changes, counters, kicks) from a task woken by its
 //! doorbell, and, while its relays are busy, at each relay's budget yield
 //! ([`crate::runtime::task::on_yield`]): a change then waits for at most one relay's 256 KiB, not
-//! for the request task's turn behind all of them.
+//! for the request task's turn behind all of them. It answers one request a turn: a large
+//! route change comes as many slices, and its tunnels run between them.
 //!
 //! Also here: binding the listeners (refusing to start when another process already holds
 //! the port, which SO_REUSEPORT would otherwise allow silently) and containing a panic in
