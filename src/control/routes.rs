@@ -747,20 +747,33 @@ impl RouteTable {
             RouteChange::Remove(paths) => (&[], paths),
             RouteChange::Sync { upsert, remove } => (upsert, remove),
             RouteChange::Clear => {
-                // Every shard becomes the empty one; the shard count stays (a view's
-                // array of it is small, and the next load needs it again).
+                // Every shard becomes the one empty shard (in slices, on the workers), then
+                // the table goes back to its fewest shards: a view's array of 65,536
+                // shards is 1.5 MiB, for every worker.
                 let empty = Arc::new(Shard::with_capacity(1));
-                for (index, r) in self.shards.refs.iter_mut().enumerate() {
+                let mut shards = Vec::with_capacity(self.shards.refs.len());
+                for (index, r) in self.shards.refs.iter().enumerate() {
                     // The shared empty shard owns nothing.
                     if r.shard.len > 0 {
                         r.shard.disown_into(&mut draft.retired);
                     }
-                    let old = std::mem::replace(r, ShardRef::new(Arc::clone(&empty)));
-                    draft.replaced.push(old.shard);
-                    draft.touched[index] = true;
+                    draft.replaced.push(Arc::clone(&r.shard));
+                    shards.push((index as u32, Arc::clone(&empty)));
                 }
+                self.shards.refs = (0..1usize << MIN_SHARD_BITS)
+                    .map(|_| ShardRef::new(Arc::clone(&empty)))
+                    .collect();
+                self.shards.bits = MIN_SHARD_BITS;
                 self.shards.len = 0;
-                (&[], &[])
+                return RouteUpdate {
+                    split: None,
+                    shards,
+                    shrink: Some(MIN_SHARD_BITS),
+                    replaced: draft.replaced,
+                    retired: draft.retired,
+                    upserted: Vec::new(),
+                    len: 0,
+                };
             }
         };
         let mut upserted = Vec::with_capacity(upsert.len());
@@ -818,6 +831,7 @@ impl RouteTable {
         RouteUpdate {
             split,
             shards,
+            shrink: None,
             replaced,
             retired,
             upserted,
@@ -948,6 +962,12 @@ impl RouteView {
         for (index, shard) in &update.shards {
             self.shards.refs[*index as usize] = ShardRef::new(Arc::clone(shard));
         }
+        if let Some(bits) = update.shrink {
+            // After a clear, every handle is to the one empty shard: keep the first few.
+            self.shards.refs.truncate(1 << bits);
+            self.shards.refs.shrink_to_fit();
+            self.shards.bits = bits;
+        }
         self.shards.len = update.len;
     }
 }
@@ -965,6 +985,9 @@ pub struct RouteUpdate {
     split: Option<u32>,
     /// New shard versions by index, in index order.
     shards: Vec<(u32, Arc<Shard>)>,
+    /// After a clear, once `shards` has made every shard the empty one: the table's new,
+    /// smaller shard count, as a power of two.
+    shrink: Option<u32>,
     /// The shard versions the change superseded.
     replaced: Vec<Arc<Shard>>,
     /// Routes removed or replaced by the change (see the ownership notes above).
@@ -979,6 +1002,7 @@ impl fmt::Debug for RouteUpdate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteUpdate")
             .field("split", &self.split)
+            .field("shrink", &self.shrink)
             .field("shards", &self.shards.len())
             .field("retired", &self.retired.len())
             .field("upserted", &self.upserted.len())
@@ -1008,6 +1032,7 @@ impl RouteUpdate {
         let RouteUpdate {
             split,
             shards,
+            shrink,
             replaced,
             retired,
             upserted,
@@ -1017,6 +1042,7 @@ impl RouteUpdate {
         let slice = |shards: Vec<(u32, Arc<Shard>)>, upserted: Vec<(u32, Route)>| RouteUpdate {
             split: None,
             shards,
+            shrink: None,
             replaced: Vec::new(),
             retired: Vec::new(),
             upserted,
@@ -1057,10 +1083,12 @@ impl RouteUpdate {
             Some(last) => {
                 last.retired = retired;
                 last.replaced = replaced;
+                last.shrink = shrink;
             }
             None => slices.push(RouteUpdate {
                 retired,
                 replaced,
+                shrink,
                 ..slice(Vec::new(), Vec::new())
             }),
         }
@@ -1412,6 +1440,19 @@ mod tests {
             view.install(&slice);
         }
         assert!(view.is_empty() && view.lookup("/u1").is_none());
+        // A clear takes the table, and each view, back to the fewest shards.
+        view.install(&table.apply(&RouteChange::Upsert(
+            (0..n).map(|i| route(&format!("/u{i}"), "h:3")).collect(),
+        )));
+        assert!(view.shards.refs.len() > 1 << MIN_SHARD_BITS);
+        let slices = table.apply(&RouteChange::Clear).into_slices();
+        assert!(slices.len() > 1, "a clear goes in slices too");
+        for slice in &slices {
+            view.install(slice);
+        }
+        assert_eq!(table.shards.refs.len(), 1 << MIN_SHARD_BITS);
+        assert_eq!(view.shards.refs.len(), 1 << MIN_SHARD_BITS);
+        assert!(view.is_empty() && view.lookup("/u2").is_none());
     }
 
     #[test]
