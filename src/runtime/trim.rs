@@ -12,6 +12,7 @@
 //! Why not another allocator: see BENCHMARKS.md ("Memory after a peak"). On other C
 //! libraries this does nothing.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// How often the controller looks at the allocator's free memory.
@@ -30,8 +31,16 @@ pub(crate) struct Trimmed {
     pub took: Duration,
 }
 
+thread_local! {
+    /// Free and used bytes right after this thread's last trim. Trimming returns the
+    /// pages but keeps the chunks on the free lists, so the figures stay the same until
+    /// the heap changes: while they do, there is nothing new to give back.
+    static LAST_TRIM: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+}
+
 /// Trims when at least [`MIN_FREE`] bytes, and more than are in use, sit free in malloc's
-/// arenas: after a peak, not in the middle of steady work (whose free chunks are reused).
+/// arenas: after a peak, not in the middle of steady work (whose free chunks are reused),
+/// and not again while nothing changed since the last trim.
 pub(crate) fn trim_if_mostly_free() -> Option<Trimmed> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -39,6 +48,13 @@ pub(crate) fn trim_if_mostly_free() -> Option<Trimmed> {
         let info = unsafe { libc::mallinfo2() };
         let (free, used) = (info.fordblks, info.uordblks);
         if free < MIN_FREE || free < used {
+            return None;
+        }
+        let near = |a: usize, b: usize| a.abs_diff(b) < 1024 * 1024;
+        if LAST_TRIM
+            .get()
+            .is_some_and(|(f, u)| near(f, free) && near(u, used))
+        {
             return None;
         }
         let started = Instant::now();
@@ -49,6 +65,9 @@ pub(crate) fn trim_if_mostly_free() -> Option<Trimmed> {
             used,
             took: started.elapsed(),
         };
+        // SAFETY: as above.
+        let after = unsafe { libc::mallinfo2() };
+        LAST_TRIM.set(Some((after.fordblks, after.uordblks)));
         log::debug!(
             "returned free memory to the kernel: {} MiB free, {} MiB in use, {:?}",
             trimmed.free >> 20,
@@ -59,7 +78,7 @@ pub(crate) fn trim_if_mostly_free() -> Option<Trimmed> {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
-        let _ = (MIN_FREE, Instant::now());
+        let _ = (MIN_FREE, Instant::now(), &LAST_TRIM);
         None
     }
 }
