@@ -572,31 +572,44 @@ fn as_route(block: &NonNull<Header>) -> &Route {
 struct ShardRef {
     slots: NonNull<Slot>,
     mask: usize,
-    shard: Arc<Shard>,
+    /// The version, counted; `None` only in a view in the middle of a split, for a new
+    /// index that still reads its parent's slots (the view's `parked` keeps it alive).
+    shard: Option<Arc<Shard>>,
 }
 
-// SAFETY: `slots` points into `shard`, which the handle keeps alive; see `Shard`.
+// SAFETY: `slots` points into a shard the handle (or, while a view splits, the view)
+// keeps alive; see `Shard`.
 unsafe impl Send for ShardRef {}
 // SAFETY: as above.
 unsafe impl Sync for ShardRef {}
-
-impl Clone for ShardRef {
-    fn clone(&self) -> Self {
-        Self {
-            slots: self.slots,
-            mask: self.mask,
-            shard: Arc::clone(&self.shard),
-        }
-    }
-}
 
 impl ShardRef {
     fn new(shard: Arc<Shard>) -> Self {
         Self {
             slots: shard.slots,
             mask: shard.mask(),
-            shard,
+            shard: Some(shard),
         }
+    }
+
+    /// The version this handle counts. A table's handles always count theirs.
+    fn owner(&self) -> &Arc<Shard> {
+        self.shard
+            .as_ref()
+            .expect("a table's shard handles own their shards")
+    }
+
+    fn owner_mut(&mut self) -> &mut Arc<Shard> {
+        self.shard
+            .as_mut()
+            .expect("a table's shard handles own their shards")
+    }
+
+    /// The slots this handle reads.
+    fn slots(&self) -> &[Slot] {
+        // SAFETY: `mask + 1` slots of a shard kept alive by this handle or its view,
+        // never written while shared.
+        unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), self.mask + 1) }
     }
 }
 
@@ -667,8 +680,7 @@ impl Shards {
 
     fn iter(&self) -> impl Iterator<Item = &Route> {
         self.refs.iter().flat_map(|r| {
-            r.shard
-                .slots()
+            r.slots()
                 .iter()
                 .filter_map(|slot| slot.route.as_ref().map(as_route))
         })
@@ -718,12 +730,15 @@ impl RouteTable {
     /// (tests; workers start with an empty view and get every change).
     pub fn view(&self) -> RouteView {
         RouteView {
+            parked: Default::default(),
+            first_parked: 0,
+            split_bits: 0,
             shards: Shards {
                 refs: self
                     .shards
                     .refs
                     .iter()
-                    .map(|r| ShardRef::new(Arc::clone(&r.shard)))
+                    .map(|r| ShardRef::new(Arc::clone(r.owner())))
                     .collect(),
                 bits: self.shards.bits,
                 len: self.shards.len,
@@ -754,10 +769,10 @@ impl RouteTable {
                 let mut shards = Vec::with_capacity(self.shards.refs.len());
                 for (index, r) in self.shards.refs.iter().enumerate() {
                     // The shared empty shard owns nothing.
-                    if r.shard.len > 0 {
-                        r.shard.disown_into(&mut draft.retired);
+                    if r.owner().len > 0 {
+                        r.owner().disown_into(&mut draft.retired);
                     }
-                    draft.replaced.push(Arc::clone(&r.shard));
+                    draft.replaced.push(Arc::clone(r.owner()));
                     shards.push((index as u32, Arc::clone(&empty)));
                 }
                 self.shards.refs = (0..1usize << MIN_SHARD_BITS)
@@ -791,7 +806,7 @@ impl RouteTable {
             let hash = self.shards.hash(path);
             let index = self.shards.index(hash);
             // Unknown paths copy no shard.
-            if self.shards.refs[index].shard.find(hash, path).is_none() {
+            if self.shards.refs[index].owner().find(hash, path).is_none() {
                 continue;
             }
             let shard = self.writable(index, &mut draft);
@@ -814,12 +829,12 @@ impl RouteTable {
         // (After a split `touched` counts the old shards; every shard is new then.)
         for index in (0..self.shards.refs.len()).filter(|&i| split.is_some() || touched[i]) {
             let r = &mut self.shards.refs[index];
-            if let Some(shard) = Arc::get_mut(&mut r.shard) {
+            if let Some(shard) = Arc::get_mut(r.owner_mut()) {
                 shard.fitted();
             }
             // Writing may have moved the slots: refresh the handle.
-            *r = ShardRef::new(Arc::clone(&r.shard));
-            shards.push((index as u32, Arc::clone(&r.shard)));
+            *r = ShardRef::new(Arc::clone(r.owner()));
+            shards.push((index as u32, Arc::clone(r.owner())));
         }
         // Per shard in order, keeping the change's order within a shard (a later
         // duplicate is attached last, as it is the one that stays).
@@ -845,15 +860,15 @@ impl RouteTable {
     fn writable(&mut self, index: usize, draft: &mut Draft) -> &mut Shard {
         draft.touched[index] = true;
         let r = &mut self.shards.refs[index];
-        if Arc::get_mut(&mut r.shard).is_none() {
-            let copy = r.shard.copy();
+        if Arc::get_mut(r.owner_mut()).is_none() {
+            let copy = r.owner().copy();
             // Never set twice: a version is copied once, then replaced here. (The shared
             // empty shard owns nothing; marking it changes nothing.)
-            r.shard.disowned.store(true, Ordering::Release);
+            r.owner().disowned.store(true, Ordering::Release);
             let old = std::mem::replace(r, ShardRef::new(Arc::new(copy)));
-            draft.replaced.push(old.shard);
+            draft.replaced.extend(old.shard);
         }
-        Arc::get_mut(&mut r.shard).expect("a fresh copy is held by this table alone")
+        Arc::get_mut(r.owner_mut()).expect("a fresh copy is held by this table alone")
     }
 
     /// Splits every shard into `1 << (bits - self.bits)` new ones.
@@ -861,7 +876,7 @@ impl RouteTable {
         let split = bits - self.shards.bits;
         let mut refs = Vec::with_capacity(1 << bits);
         for r in std::mem::take(&mut self.shards.refs) {
-            let old = &r.shard;
+            let old = r.owner();
             let mut counts = vec![0usize; 1 << split];
             let child = |hash: u64| ((hash >> (64 - bits)) as usize) & ((1 << split) - 1);
             for slot in old.slots().iter().filter(|s| s.route.is_some()) {
@@ -877,7 +892,7 @@ impl RouteTable {
             // The children own the routes now. (The shared empty shard owns none.)
             old.disowned.store(true, Ordering::Release);
             refs.extend(children.into_iter().map(|c| ShardRef::new(Arc::new(c))));
-            replaced.push(r.shard);
+            replaced.extend(r.shard);
         }
         self.shards.refs = refs;
         self.shards.bits = bits;
@@ -905,9 +920,24 @@ fn shard_bits_for(len: usize) -> u32 {
 /// A worker's view of the routes: its own array of shard handles, changed only by
 /// installing the controller's [`RouteUpdate`]s in order. Lookups read it without a lock
 /// or an atomic operation.
-#[derive(Debug)]
 pub struct RouteView {
     shards: Shards,
+    /// During a split: the shards split, in order, each kept alive until every new index
+    /// that reads its slots has its own shard (see `install`).
+    parked: std::collections::VecDeque<Arc<Shard>>,
+    /// The index of the first parked shard, in the table before the split.
+    first_parked: usize,
+    /// How many bits the split added: parent `p` covers new indexes `p << split_bits ..`.
+    split_bits: u32,
+}
+
+impl fmt::Debug for RouteView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteView")
+            .field("shards", &self.shards)
+            .field("parked", &self.parked.len())
+            .finish()
+    }
 }
 
 impl Default for RouteView {
@@ -921,6 +951,9 @@ impl RouteView {
     pub fn new() -> Self {
         Self {
             shards: Shards::empty(MIN_SHARD_BITS, process_hasher()),
+            parked: Default::default(),
+            first_parked: 0,
+            split_bits: 0,
         }
     }
 
@@ -947,20 +980,40 @@ impl RouteView {
     /// many users it holds.
     pub fn install(&mut self, update: &RouteUpdate) {
         if let Some(bits) = update.split {
-            // The table split its shards: each new index points, for now, to the shard it
-            // came from, which holds all of its users (the probe uses the hash's low bits,
-            // the index its top ones); the slices that follow bring the new shards.
-            let copies = 1usize << (bits - self.shards.bits);
+            // The table split its shards: each new index reads, for now, the slots of the
+            // shard it came from, which holds all of its users (the probe uses the hash's
+            // low bits, the index its top ones); the slices that follow bring the new
+            // shards. No count is taken here, so this step costs the same whatever the
+            // shards' counts are doing on other cores: the parents are parked instead.
+            debug_assert!(self.parked.is_empty(), "a split completes before the next");
+            let split_bits = bits - self.shards.bits;
+            let copies = 1usize << split_bits;
             let mut refs = Vec::with_capacity(self.shards.refs.len() * copies);
             for r in std::mem::take(&mut self.shards.refs) {
-                refs.extend((1..copies).map(|_| r.clone()));
-                refs.push(r);
+                refs.extend((0..copies).map(|_| ShardRef {
+                    slots: r.slots,
+                    mask: r.mask,
+                    shard: None,
+                }));
+                self.parked.extend(r.shard);
             }
             self.shards.refs = refs;
             self.shards.bits = bits;
+            self.first_parked = 0;
+            self.split_bits = split_bits;
         }
         for (index, shard) in &update.shards {
             self.shards.refs[*index as usize] = ShardRef::new(Arc::clone(shard));
+        }
+        // Parents whose new indexes all have their own shards now are read no more.
+        while !self.parked.is_empty() {
+            let from = self.first_parked << self.split_bits;
+            let children = &self.shards.refs[from..from + (1 << self.split_bits)];
+            if children.iter().any(|r| r.shard.is_none()) {
+                break;
+            }
+            self.parked.pop_front();
+            self.first_parked += 1;
         }
         if let Some(bits) = update.shrink {
             // After a clear, every handle is to the one empty shard: keep the first few.
@@ -1412,16 +1465,38 @@ mod tests {
         let slices = update.into_slices();
         assert!(slices.len() > 2, "a split, then the new shards in slices");
         assert!(slices[0].split.is_some() && slices[0].shards.is_empty());
-        for slice in &slices {
+        let before = view.shards.refs.len();
+        view.install(&slices[0]);
+        // The split step takes no counts: it parks the old shards, and the new indexes
+        // read their slots until their own shards come.
+        assert_eq!(view.parked.len(), before);
+        assert!(view.shards.refs.iter().all(|r| r.shard.is_none()));
+        assert!(
+            view.is_empty() || view.lookup("/u7").is_none(),
+            "new users are not in yet"
+        );
+        let mut parked = view.parked.len();
+        for slice in &slices[1..] {
             view.install(slice);
+            assert!(
+                view.parked.len() <= parked,
+                "parents go as their children come"
+            );
+            parked = view.parked.len();
+            assert!(matches!(
+                view.lookup("/u7").map(Route::dst),
+                None | Some("h:1")
+            ));
         }
+        assert!(view.parked.is_empty());
+        assert_eq!(view.lookup("/u7").map(Route::dst), Some("h:1"));
         // The view holds the table's shard versions, not copies.
         for (mine, theirs) in view.shards.refs.iter().zip(&table.shards.refs) {
-            assert!(Arc::ptr_eq(&mine.shard, &theirs.shard));
+            assert!(Arc::ptr_eq(mine.owner(), theirs.owner()));
         }
         // No shard is more than three quarters full, none far emptier than it need be.
         for r in &table.shards.refs {
-            assert!(r.shard.len as usize * 4 <= r.shard.cap as usize * 3);
+            assert!(r.owner().len as usize * 4 <= r.owner().cap as usize * 3);
         }
         // A one-user change copies one shard.
         let update = table.apply(&RouteChange::Upsert(vec![route("/u1", "h:2")]));
@@ -1435,7 +1510,7 @@ mod tests {
             (0..n).map(|i| format!("/u{i}").into_boxed_str()).collect(),
         ));
         assert_eq!(update.retired.len(), n);
-        assert!(table.shards.refs.iter().all(|r| r.shard.cap <= 2));
+        assert!(table.shards.refs.iter().all(|r| r.owner().cap <= 2));
         for slice in update.into_slices() {
             view.install(&slice);
         }
