@@ -30,7 +30,8 @@
 //!   messages to the workers.
 //! - `net/`: transports, listeners, dialing, bounded head reading, the TLS configuration
 //!   and our TLS 1.3 record layer.
-//! - `runtime/`: contained task spawning, the relay budget and yield hook, doorbells.
+//! - `runtime/`: contained task spawning, the relay budget and yield hook, doorbells, and
+//!   giving the memory freed after a peak back to the kernel (`malloc_trim`).
 //! - [`proto`]: the wire formats (WebSocket, smux, HTTP heads, PROXY headers) as pure
 //!   parsers and encoders; it builds without monoio (`--no-default-features`).
 //!
