@@ -4,7 +4,8 @@
 //! destination. A panel adds and removes users at run time through a JSON controller.
 //!
 //! Thread per core: each worker runs a monoio runtime (io_uring by default, epoll with
-//! `-driver epoll`) with its own SO_REUSEPORT listener and its own copy of the routes; the
+//! `-driver epoll`) with its own SO_REUSEPORT listener and its own view of the routes (an
+//! array of handles to the table's immutable shards, which all workers share); the
 //! controller thread owns the authoritative table and broadcasts every change to the
 //! workers, replying only when all have it. The data path takes no lock.
 //!
@@ -29,7 +30,8 @@
 //!   the workers, and the panel sync thread (`-panel`) that asks it by message.
 //! - `net/`: transports, listeners, dialing, bounded head reading, the TLS configuration
 //!   and our TLS 1.3 record layer.
-//! - `runtime/`: contained task spawning, the relay budget and yield hook, doorbells.
+//! - `runtime/`: contained task spawning, the relay budget and yield hook, doorbells, and
+//!   giving the memory freed after a peak back to the kernel (`malloc_trim`).
 //! - [`proto`]: the wire formats (WebSocket, smux, HTTP heads, PROXY headers) as pure
 //!   parsers and encoders; it builds without monoio (`--no-default-features`).
 //!

@@ -10,14 +10,15 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::control::registry::{MetricsSnapshot, UserTotals};
-use crate::control::routes::RouteChange;
+use crate::control::routes::RouteUpdate;
 use crate::runtime::doorbell::Doorbell;
 
 /// What the controller asks of a worker.
 #[derive(Debug)]
 pub enum Request {
-    /// Apply this change to the worker's routes.
-    Routes(RouteChange),
+    /// Install these shard versions in the worker's view of the routes (one change, or
+    /// one slice of a large one).
+    Routes(RouteUpdate),
     /// Report the counters of these users (all when `None`), resetting them if asked.
     Stats {
         paths: Option<Vec<Box<str>>>,
@@ -82,7 +83,7 @@ pub(crate) fn worker_link() -> (WorkerLink, WorkerInbox) {
 /// have answered; a worker that is gone has no answer.
 pub(crate) fn ask_all(workers: &[WorkerLink], request: Request) -> Vec<Option<Reply>> {
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(workers.len());
-    send_all(workers, request, &reply_tx);
+    let request = send_all(workers, request, &reply_tx);
     // With our own sender gone, `recv` fails once every worker has answered or dropped
     // its envelope.
     drop(reply_tx);
@@ -92,7 +93,25 @@ pub(crate) fn ask_all(workers: &[WorkerLink], request: Request) -> Vec<Option<Re
             *slot = Some(reply);
         }
     }
+    // Every envelope is gone (each drops its request before its reply sender): the last
+    // handle is this one, so what the request holds (the routes a change displaced) is
+    // freed here, on the controller's thread, not in a worker between its tunnels.
+    drop(request);
     replies
+}
+
+/// Sends every request of `requests` to every worker at once, to be answered in order
+/// (a large route change in slices), and returns once every worker answered them all.
+pub(crate) fn ask_all_in_turn(workers: &[WorkerLink], requests: Vec<Request>) {
+    let (reply_tx, reply_rx) = crossbeam_channel::bounded(workers.len() * requests.len());
+    let sent: Vec<Arc<Request>> = requests
+        .into_iter()
+        .map(|request| send_all(workers, request, &reply_tx))
+        .collect();
+    drop(reply_tx);
+    while reply_rx.recv().is_ok() {}
+    // As in `ask_all`: the last handles are these.
+    drop(sent);
 }
 
 /// Sends `request` to every worker without waiting for answers (for workers that have not
@@ -103,7 +122,12 @@ pub(crate) fn tell_all(workers: &[WorkerLink], request: Request) {
 }
 
 /// Queues `request` for every worker, with `reply` for its answer, and rings its bell.
-fn send_all(workers: &[WorkerLink], request: Request, reply: &Sender<(usize, Reply)>) {
+/// Returns the controller's own handle on the request.
+fn send_all(
+    workers: &[WorkerLink],
+    request: Request,
+    reply: &Sender<(usize, Reply)>,
+) -> Arc<Request> {
     let request = Arc::new(request);
     for worker in workers {
         let envelope = Envelope {
@@ -114,44 +138,61 @@ fn send_all(workers: &[WorkerLink], request: Request, reply: &Sender<(usize, Rep
             worker.doorbell.ring();
         }
     }
+    request
 }
 
-/// A worker's task: answers requests as they arrive, with `handle`.
+/// A worker's task: answers requests as they arrive, with `handle`, one at a time with
+/// the worker's other tasks running between them (a large route change comes as many
+/// requests, each a bounded step).
 pub(crate) async fn serve_requests(
     inbox: &WorkerInbox,
     index: usize,
     mut handle: impl FnMut(&Request) -> Reply,
 ) {
     loop {
-        drain(inbox, index, &mut handle);
-        inbox.doorbell.wait().await;
+        if answer_one(inbox, index, &mut handle) {
+            crate::runtime::task::step_aside().await;
+        } else {
+            inbox.doorbell.wait().await;
+        }
     }
 }
 
-/// Answers every request already queued, without waiting.
+/// Answers every request already queued, without waiting (before the worker starts).
+pub(crate) fn drain(inbox: &WorkerInbox, index: usize, handle: &mut impl FnMut(&Request) -> Reply) {
+    while answer_one(inbox, index, handle) {}
+}
+
+/// Answers the oldest queued request, if there is one; whether there was.
 ///
 /// A panic while answering ends the process: the worker may have applied part of a route
 /// change, and a worker whose table differs from the controller's would route wrongly
 /// from then on, silently. (Answering is plain map and counter work; nothing the network
 /// or the panel sends reaches it unvalidated.)
-pub(crate) fn drain(inbox: &WorkerInbox, index: usize, handle: &mut impl FnMut(&Request) -> Reply) {
-    while let Ok(envelope) = inbox.requests.try_recv() {
-        let answered =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(&envelope.request)));
-        let Ok(reply) = answered else {
-            log::error!("internal: worker {index} panicked answering the controller; exiting");
-            std::process::abort();
-        };
-        // The controller may have stopped waiting (it never does today); an unread
-        // answer is harmless.
-        let _ = envelope.reply.send((index, reply));
-    }
+pub(crate) fn answer_one(
+    inbox: &WorkerInbox,
+    index: usize,
+    handle: &mut impl FnMut(&Request) -> Reply,
+) -> bool {
+    let Ok(envelope) = inbox.requests.try_recv() else {
+        return false;
+    };
+    let answered =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(&envelope.request)));
+    let Ok(reply) = answered else {
+        log::error!("internal: worker {index} panicked answering the controller; exiting");
+        std::process::abort();
+    };
+    // The controller may have stopped waiting (it never does today); an unread answer is
+    // harmless.
+    let _ = envelope.reply.send((index, reply));
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::routes::{Route, RouteTable};
+    use crate::control::routes::{Route, RouteChange, RouteTable, RouteView};
 
     #[test]
     fn ask_all_returns_after_every_worker_answered() {
@@ -161,24 +202,26 @@ mod tests {
             let (link, inbox) = worker_link();
             links.push(link);
             threads.push(std::thread::spawn(move || {
-                let mut table = RouteTable::new();
+                let mut view = RouteView::new();
                 // A plain thread stands in for a worker: block on the channel.
                 while let Ok(envelope) = inbox.requests.recv() {
                     std::thread::sleep(std::time::Duration::from_millis(20 * index as u64));
-                    if let Request::Routes(change) = &*envelope.request {
-                        table.apply(change);
+                    if let Request::Routes(update) = &*envelope.request {
+                        view.install(update);
                     }
                     envelope.reply.send((index, Reply::Applied)).unwrap();
-                    if table.is_empty() {
+                    if view.is_empty() {
                         return;
                     }
                 }
             }));
         }
+        let mut table = RouteTable::new();
         let route = Route::new("/x", "h:1");
-        let replies = ask_all(&links, Request::Routes(RouteChange::Upsert(vec![route])));
+        let update = table.apply(&RouteChange::Upsert(vec![route]));
+        let replies = ask_all(&links, Request::Routes(update));
         assert!(replies.iter().all(|r| matches!(r, Some(Reply::Applied))));
-        ask_all(&links, Request::Routes(RouteChange::Clear));
+        ask_all(&links, Request::Routes(table.apply(&RouteChange::Clear)));
         for t in threads {
             t.join().unwrap();
         }

@@ -44,6 +44,9 @@ use crate::proto::http::{self, HeadError, RequestHead};
 pub const MAX_BODY: u64 = 2 * 1024 * 1024;
 /// How long a keep-alive connection may sit between requests.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Users a change removes or replaces past which the controller gives the memory they
+/// held back to the kernel at once, not at its next periodic check.
+const TRIM_AFTER_DISPLACED: usize = 100_000;
 /// How long a body may take to arrive once its head has.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -183,8 +186,10 @@ impl Controller {
                     })
                     .collect(),
             );
-            controller.table.apply(&change);
-            broadcast::tell_all(&controller.workers, Request::Routes(change));
+            let update = controller.table.apply(&change);
+            for slice in update.into_slices() {
+                broadcast::tell_all(&controller.workers, Request::Routes(slice));
+            }
         }
         controller
     }
@@ -207,8 +212,16 @@ impl Controller {
         for (policy, limits) in &update.in_place {
             policy.set(limits);
         }
-        self.table.apply(&change);
-        broadcast::ask_all(&self.workers, Request::Routes(change));
+        let update = self.table.apply(&change);
+        let displaced = update.displaced();
+        // A large change goes in slices, each a bounded step for a worker, its tunnels
+        // running between them; all are queued at once and answered before this returns.
+        let slices = update.into_slices().into_iter().map(Request::Routes);
+        broadcast::ask_all_in_turn(&self.workers, slices.collect());
+        // The displaced routes and old shard versions were freed just now, here.
+        if displaced >= TRIM_AFTER_DISPLACED {
+            crate::runtime::trim::trim_if_mostly_free();
+        }
         self.changes += 1;
         if let Some(state) = &mut self.state {
             if let Err(e) = state.compact_if_large(&self.table, &self.ledger) {
@@ -781,6 +794,13 @@ pub fn run(
             loop {
                 sampled.borrow_mut().sample_throughput();
                 monoio::time::sleep(status::SAMPLE_EVERY).await;
+            }
+        });
+        // Memory freed after a peak goes back to the kernel (see `runtime::trim`).
+        crate::runtime::task::spawn_contained(async move {
+            loop {
+                monoio::time::sleep(crate::runtime::trim::CHECK_EVERY).await;
+                crate::runtime::trim::trim_if_mostly_free();
             }
         });
         loop {

@@ -7,7 +7,8 @@
 //! - [`command`]: parsing and validating the controller's JSON commands.
 //! - [`policy`]: per-user limits (speed, devices, connections, quota, expiry) and the state
 //!   a limited user shares across workers.
-//! - [`routes`]: the route table (one thin shared block per user) and the changes made to it.
+//! - [`routes`]: the route table (one thin shared block per user, in immutable shards the
+//!   workers share) and the changes made to it.
 //! - [`broadcast`]: requests from the controller to every worker (route changes, counters,
 //!   kicks, metrics) and their answers.
 //! - [`registry`]: a worker's registry of open tunnels and per-user counters: counting

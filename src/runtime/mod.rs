@@ -5,6 +5,8 @@
 //!
 //! - [`task`]: contained spawning, [`task::Budget`], the yield pump and yield hook.
 //! - [`doorbell`]: waking a monoio task from another thread, without polling.
+//! - [`trim`]: giving the memory freed after a peak back to the kernel (`malloc_trim`).
 
 pub(crate) mod doorbell;
 pub(crate) mod task;
+pub(crate) mod trim;

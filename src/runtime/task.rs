@@ -74,6 +74,17 @@ pub(crate) fn on_yield(hook: Rc<dyn Fn()>) {
 /// wakes itself again at once, ahead of the others; so the yielder is woken by the
 /// worker's [`yield_pump`] task instead, which is queued behind everyone else.)
 pub(crate) async fn yield_now() {
+    yield_to_others(true).await
+}
+
+/// Puts the current task at the back of the worker's queue, as [`yield_now`], without
+/// running the yield hook: for the worker's request task between two requests (the hook
+/// would answer the next one at once, before anyone else ran).
+pub(crate) async fn step_aside() {
+    yield_to_others(false).await
+}
+
+async fn yield_to_others(run_hook: bool) {
     let mut yielded = false;
     poll_fn(|cx| {
         if yielded {
@@ -81,7 +92,10 @@ pub(crate) async fn yield_now() {
         }
         yielded = true;
         // Cloned out first: the hook may itself be the reason for a yield elsewhere.
-        if let Some(hook) = ON_YIELD.with(|slot| slot.borrow().clone()) {
+        if let Some(hook) = ON_YIELD
+            .with(|slot| slot.borrow().clone())
+            .filter(|_| run_hook)
+        {
             hook();
         }
         if !PUMPED.get() {

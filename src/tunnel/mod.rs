@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::control::registry::StatsTable;
-use crate::control::routes::RouteTable;
+use crate::control::routes::RouteView;
 
 pub(crate) mod client_side;
 pub(crate) mod connection;
@@ -43,8 +43,9 @@ pub(crate) struct Settings {
 /// its counters and the settings. One per worker, shared by that worker's tasks only (it
 /// is not `Send`); the worker changes it when the controller asks.
 pub(crate) struct Context {
-    /// This worker's copy of the routes, changed only by the controller's broadcasts.
-    pub routes: RefCell<RouteTable>,
+    /// This worker's view of the routes (its own array of the controller's shared shards),
+    /// changed only by the controller's broadcasts.
+    pub routes: RefCell<RouteView>,
     /// The TLS acceptor, or `None` for plain HTTP behind a proxy; replaced when the
     /// certificate is reloaded (open connections keep the one they started with).
     pub tls: RefCell<Option<Arc<rustls::ServerConfig>>>,

@@ -1,12 +1,13 @@
 //! Worker threads: one OS thread per worker, pinned to a core, each running its own monoio
 //! runtime (io_uring, or epoll where io_uring is forbidden) with its own SO_REUSEPORT
-//! listener on the data address, its own copy of the routes, and nothing shared with other
-//! workers on the data path.
+//! listener on the data address, its own view of the routes (handles to the controller's
+//! immutable shards), and nothing shared with other workers on the data path.
 //!
 //! A worker answers the controller (route changes, counters, kicks) from a task woken by its
 //! doorbell, and, while its relays are busy, at each relay's budget yield
 //! ([`crate::runtime::task::on_yield`]): a change then waits for at most one relay's 256 KiB, not
-//! for the request task's turn behind all of them.
+//! for the request task's turn behind all of them. It answers one request a turn: a large
+//! route change comes as many slices, and its tunnels run between them.
 //!
 //! Also here: binding the listeners (refusing to start when another process already holds
 //! the port, which SO_REUSEPORT would otherwise allow silently) and containing a panic in
@@ -28,7 +29,7 @@ use monoio::net::TcpListener;
 
 use crate::control::broadcast::{self, Reply, Request, WorkerInbox};
 use crate::control::registry::{Refusal, StatsTable};
-use crate::control::routes::RouteTable;
+use crate::control::routes::RouteView;
 use crate::net::transport::DataListener;
 use crate::runtime::doorbell::Doorbell;
 use crate::tunnel::{self, Context};
@@ -139,12 +140,22 @@ impl Answer for Context {
     /// Answers one request from the controller.
     fn answer(&self, request: &Request) -> Reply {
         match request {
-            Request::Routes(change) => {
-                self.routes.borrow_mut().apply(change);
+            Request::Routes(update) => {
+                let started = std::time::Instant::now();
+                let cpu = thread_cpu_time();
+                self.routes.borrow_mut().install(update);
                 // Open tunnels of these users take their new limits (or lose them).
-                for route in change.upserted() {
+                for route in update.upserted() {
                     self.stats.attach(route.path(), route.policy());
                 }
+                // This worker's tunnels waited that long (BENCHMARKS.md measures it so); the
+                // thread's CPU time tells the step's own cost from time the kernel gave
+                // to other threads meanwhile.
+                log::debug!(
+                    "route update step: {update:?} in {:?} ({:?} of CPU)",
+                    started.elapsed(),
+                    thread_cpu_time().saturating_sub(cpu)
+                );
                 Reply::Applied
             }
             Request::Stats { paths, reset } => {
@@ -239,7 +250,7 @@ async fn run(spec: WorkerSpec) {
     }
     let grace = spec.settings.grace;
     let worker = Rc::new(Context {
-        routes: RefCell::new(RouteTable::new()),
+        routes: RefCell::new(RouteView::new()),
         tls: RefCell::new(spec.tls),
         settings: spec.settings.tunnel,
         stats: StatsTable::default(),
@@ -260,7 +271,9 @@ async fn run(spec: WorkerSpec) {
         // The hook runs inside a relay's poll: should anything there hold what answering
         // needs, leave the requests to the task above rather than panic on a borrow.
         if !requests.requests.is_empty() && answering.can_answer() {
-            broadcast::drain(&requests, index, &mut |request| answering.answer(request))
+            // One request per yield: a large change comes in slices, and the relay that
+            // yielded waits for one slice only.
+            broadcast::answer_one(&requests, index, &mut |request| answering.answer(request));
         }
     }));
     // Busy relays yield through this (see task::Budget).
@@ -349,6 +362,19 @@ async fn run(spec: WorkerSpec) {
 
 /// Longest a drained worker waits for its counters to be collected before it ends anyway.
 const EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `now` is.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
 
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against its size.

@@ -8,6 +8,7 @@
 //! - [`bulk`]: `loadgen bulk`, throughput and CPU per GiB.
 //! - [`tunnels`]: `loadgen tunnels` (new tunnels) and `loadgen idle` (memory per tunnel).
 //! - [`users`]: `loadgen users` (loading users) and `loadgen latency` (route changes).
+//! - [`stall`]: `loadgen stall` (how long a tunnel waits while users are loaded).
 //! - [`procfs`]: the server's CPU and RSS from `/proc`; our open-file limit.
 //! - [`record`]: result lines, the results file and `loadgen report`.
 
@@ -17,6 +18,7 @@ mod client;
 mod procfs;
 mod record;
 mod shape;
+mod stall;
 mod tunnels;
 mod users;
 
@@ -45,6 +47,7 @@ enum Command {
     Idle(IdleArgs),
     Users(UsersArgs),
     Latency(LatencyArgs),
+    Stall(StallArgs),
     Report(ReportArgs),
 }
 
@@ -226,6 +229,33 @@ struct LatencyArgs {
     record: Option<PathBuf>,
 }
 
+/// How long an open tunnel waits while its worker applies large route changes.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "stall")]
+struct StallArgs {
+    /// the server's data address (WSS)
+    #[argh(option)]
+    addr: SocketAddr,
+    /// controller address
+    #[argh(option)]
+    controller: SocketAddr,
+    /// echo backend (a `loadgen sink` port) for the tunnel's user
+    #[argh(option)]
+    sink: SocketAddr,
+    /// users to load while the tunnel echoes (default 1000000)
+    #[argh(option, default = "1_000_000")]
+    count: usize,
+    /// largest POST body (default 2 MiB)
+    #[argh(option, from_str_fn(parse_size), default = "2 << 20")]
+    max_bytes: u64,
+    /// label of the server in results
+    #[argh(option, default = "String::from(\"server\")")]
+    target: String,
+    /// file to append JSON result lines to
+    #[argh(option)]
+    record: Option<PathBuf>,
+}
+
 /// Medians per target of a results file, with ratios to a reference target.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "report")]
@@ -373,6 +403,19 @@ fn main() {
                 controller: a.controller,
                 count: a.count.max(1),
                 label: a.label,
+            },
+            &Recorder {
+                target: a.target,
+                file: a.record,
+            },
+        ),
+        Command::Stall(a) => stall::run(
+            stall::Stall {
+                addr: a.addr,
+                controller: a.controller,
+                sink: a.sink,
+                count: a.count,
+                max_bytes: a.max_bytes as usize,
             },
             &Recorder {
                 target: a.target,
