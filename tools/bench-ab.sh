@@ -32,17 +32,8 @@ cargo build --release -q -p mtt-mu-server -p loadgen
     echo "reps: $REPS, bulk bytes: $BULK_BYTES"
 } | tee "$OUT/machine.txt" >&2
 
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
-
-wait_for() { # file pattern
-    for _ in $(seq 200); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for '$2' in $1" >&2
-    return 1
-}
+# shellcheck source=tools/bench-common.sh
+source "$ROOT/tools/bench-common.sh"
 
 "$LOADGEN" sink --threads 2 --listen "$SINK" 2>"$OUT/sink.log" &
 PIDS+=($!)

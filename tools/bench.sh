@@ -74,12 +74,9 @@ LOADGEN=$BIN/loadgen
 } | tee "$OUT/machine.txt" >&2
 
 # --- processes -------------------------------------------------------------------------
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
+# PIDS (stopped at exit) and wait_for.
+# shellcheck source=tools/bench-common.sh
+source "$ROOT/tools/bench-common.sh"
 
 # ECDSA P-256, as the server's own -force-tls certificate; HAProxy gets the same pair.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
@@ -87,15 +84,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -addext subjectAltName=DNS:bench.local 2>/dev/null
 cat "$OUT/cert.pem" "$OUT/key.pem" >"$OUT/haproxy.pem"
 
-wait_for() { # file pattern
-    for _ in $(seq 200); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for '$2' in $1:" >&2
-    cat "$1" >&2
-    return 1
-}
 
 sink_args=()
 for p in "${SINK_PORTS[@]}"; do sink_args+=(--listen "127.0.0.1:$p"); done

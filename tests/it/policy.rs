@@ -517,13 +517,7 @@ fn bad_limits_and_acks_are_refused_and_change_nothing() {
 fn post_and_hang_up(server: &Server, body: &str) {
     let mut stream = TcpStream::connect(server.controller).unwrap();
     stream
-        .write_all(
-            format!(
-                "POST / HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
+        .write_all(&testkit::http::post_request(body.as_bytes()))
         .unwrap();
     stream.shutdown(Shutdown::Both).unwrap();
 }
