@@ -3,7 +3,8 @@
 //!
 //! The session task reads the client: WebSocket payloads go through the smux decoder, SYN
 //! spawns a stream task (at most [`MAX_STREAMS`] open; a further SYN gets a FIN and the
-//! session goes on), PSH payloads are queued for their stream, FIN closes the stream's
+//! session goes on), PSH payloads go to their stream's `dst` (handed to the kernel at
+//! once when the stream's writer is idle, else queued for it), FIN closes the stream's
 //! `dst` once its queue is written. A stream task dials `dst`, writes its queue there, and
 //! sends what `dst` sends back as PSH frames through the connection's one
 //! [`ClientWriter`]. Memory is bounded: when a stream's queue holds [`STREAM_QUEUE`]
@@ -26,6 +27,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
+use std::os::fd::RawFd;
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -116,6 +118,28 @@ struct Stream {
     ending: Cell<bool>,
     /// The stream task, to wake when the queue, `fin` or the session changes.
     task: RefCell<Option<Waker>>,
+    /// `dst`'s descriptor while `upload` waits with nothing to write: the session task
+    /// may then hand a PSH payload to the kernel itself (see [`dial::send_now`]), with no
+    /// copy into the queue and no wake-up of the stream task. Set and cleared by
+    /// [`IdleWriter`], so never set while a write to `dst` is in progress or after the
+    /// socket may have been closed.
+    idle_dst: Cell<Option<RawFd>>,
+}
+
+/// Marks a stream's `dst` as idle for as long as it lives (see [`Stream::idle_dst`]).
+struct IdleWriter<'a>(&'a Stream);
+
+impl<'a> IdleWriter<'a> {
+    fn new(stream: &'a Stream, fd: RawFd) -> Self {
+        stream.idle_dst.set(Some(fd));
+        IdleWriter(stream)
+    }
+}
+
+impl Drop for IdleWriter<'_> {
+    fn drop(&mut self) {
+        self.0.idle_dst.set(None);
+    }
 }
 
 impl Stream {
@@ -132,6 +156,7 @@ impl Stream {
             sending: Cell::new(false),
             ending: Cell::new(false),
             task: RefCell::new(None),
+            idle_dst: Cell::new(None),
         }
     }
 
@@ -382,8 +407,21 @@ where
                         let bytes = &reader.buf()[base + data.start..base + data.end];
                         let len = bytes.len();
                         session.ticket.up(len);
-                        stream.queue.borrow_mut().extend_from_slice(bytes);
-                        stream.wake_task();
+                        // The stream's writer is idle and nothing is queued before these
+                        // bytes: give them to the kernel now; queue only what it left.
+                        let sent = match stream.idle_dst.get() {
+                            Some(fd) if stream.queue.borrow().is_empty() => {
+                                dial::send_now(fd, bytes)
+                            }
+                            _ => 0,
+                        };
+                        if sent > 0 {
+                            stream.activity.set(Instant::now());
+                        }
+                        if sent < len {
+                            stream.queue.borrow_mut().extend_from_slice(&bytes[sent..]);
+                            stream.wake_task();
+                        }
                         budget.spend(len).await;
                         // A limited user's hook (speed, quota): the session stops reading.
                         if let Some(policy) = session.ticket.policy() {
@@ -519,7 +557,7 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
     // The descriptor is valid while either half lives (to the end of this function).
     let (dst_fd, mut dst_read, dst_write) = dial::split_dst(dst);
     let end = {
-        let mut up = pin!(upload(stream, session, dst_write));
+        let mut up = pin!(upload(stream, session, dst_write, dst_fd));
         let mut down = pin!(download(stream, session, &mut dst_read));
         let mut idle = pin!(idle_watch(stream, session.idle_timeout));
         // How the stream ends, once known: `down` may still be writing a frame to the
@@ -592,11 +630,14 @@ async fn upload<W: AsyncWriteRent, D: AsyncWriteRent>(
     stream: &Stream,
     session: &Session<W>,
     mut dst: D,
+    dst_fd: RawFd,
 ) -> StreamEnd {
     let mut spare = Vec::new();
     let budget = Budget::default();
     loop {
-        // Woken by the session (more bytes, FIN) through `stream.task`.
+        // Woken by the session (more bytes, FIN) through `stream.task`. While this waits,
+        // the session may write to dst itself.
+        let idle = IdleWriter::new(stream, dst_fd);
         poll_fn(|_| {
             if stream.queue.borrow().is_empty() && !stream.fin.get() {
                 Poll::Pending
@@ -605,6 +646,7 @@ async fn upload<W: AsyncWriteRent, D: AsyncWriteRent>(
             }
         })
         .await;
+        drop(idle);
         if stream.queue.borrow().is_empty() {
             let _ = dst.shutdown().await;
             return StreamEnd::ClientFin;

@@ -255,6 +255,28 @@ impl Recorder {
         Recorder { addr, conns }
     }
 
+    /// A backend that records what it reads: nothing for 300 ms, then 16 KiB a
+    /// millisecond through a small receive buffer. The server's socket to it fills (its
+    /// send buffer grows to a few MiB on loopback, so send more than that), and then its
+    /// writes are cut short and the rest queued, again and again. It closes once it has
+    /// read EOF.
+    pub fn trickling() -> Recorder {
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let shared = Arc::clone(&conns);
+        let addr = backend(move |mut stream| {
+            set_receive_buffer(&stream, 32 * 1024);
+            let idx = ConnRecord::open(&shared);
+            let mut buf = vec![0u8; 16 * 1024];
+            // First let the server's socket fill up.
+            std::thread::sleep(Duration::from_millis(300));
+            while ConnRecord::read(&shared, idx, &mut stream, &mut buf).is_some() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = stream.shutdown(Shutdown::Both);
+        });
+        Recorder { addr, conns }
+    }
+
     /// The records as they are now.
     pub fn snapshot(&self) -> Vec<ConnRecord> {
         self.conns.lock().unwrap().clone()
@@ -274,4 +296,20 @@ impl Recorder {
         }
         conns
     }
+}
+
+/// Sets SO_RCVBUF on `stream` (the kernel doubles it, and keeps a floor).
+fn set_receive_buffer(stream: &TcpStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on an open socket with a value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
 }
