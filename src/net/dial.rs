@@ -75,25 +75,3 @@ pub(crate) fn reset_on_close(fd: RawFd) {
         );
     }
 }
-
-/// Writes what the kernel takes of `bytes` to `fd` (a connection to `dst`) now, without
-/// waiting: a send with `MSG_DONTWAIT`. Returns how many bytes went, 0 when the socket's
-/// buffer is full or the send failed (the caller queues the rest for its ordinary write,
-/// which then meets the error, if any, and handles it as always).
-///
-/// For a relay whose writer is idle: handing bytes to the kernel here saves copying them
-/// into a queue and waking the task that owns the socket. The caller must know that `fd`
-/// is open (see [`split_dst`]) and that no other write to it is in progress.
-pub(crate) fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
-    // SAFETY: send(2) reads `bytes.len()` bytes from a live slice; `fd` is an open socket
-    // (the caller's duty, above). MSG_NOSIGNAL: a closed peer is an error, not SIGPIPE.
-    let sent = unsafe {
-        libc::send(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    usize::try_from(sent).unwrap_or(0)
-}

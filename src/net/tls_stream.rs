@@ -31,6 +31,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -42,7 +43,9 @@ use ring::hkdf;
 use rustls::{ConnectionTrafficSecrets, KeyLog, ProtocolVersion, ServerConfig, ServerConnection};
 use zeroize::Zeroize;
 
-use crate::net::transport::{self, DataStream, ReadHalf, Readiness, Transport, WriteHalf};
+use crate::net::transport::{
+    self, send_now, DataStream, ReadHalf, Readiness, Transport, WriteHalf,
+};
 
 /// Record header: type, legacy version, length.
 const HEADER: usize = 5;
@@ -339,6 +342,7 @@ pub(crate) async fn accept(
         without_data: 0,
         sending: Rc::clone(&sending),
     });
+    let fd = transport.as_raw_fd();
     let (read, write) = transport::split(transport);
     Ok(Accepted::V13(Tls13Stream {
         reader: Tls13Reader {
@@ -350,7 +354,11 @@ pub(crate) async fn accept(
             eof: false,
             drained: false,
         },
-        writer: Tls13Writer { io: write, sending },
+        writer: Tls13Writer {
+            io: write,
+            fd,
+            sending,
+        },
     }))
 }
 
@@ -1048,6 +1056,8 @@ impl<R: Readiness> Readiness for Tls13Reader<R> {
 /// is due; at shutdown, close_notify, or the alert the reader found cause for.
 pub(crate) struct Tls13Writer<W> {
     io: W,
+    /// The socket under `io` (open as long as `io` is), for writes that need not wait.
+    fd: RawFd,
     sending: Rc<Sending>,
 }
 
@@ -1078,7 +1088,14 @@ impl<W: AsyncWriteRent> Tls13Writer<W> {
         // (Inline rather than a helper shared with `shutdown`: every layer of async fn
         // adds to the futures a tunnel holds for its whole life.)
         self.sending.torn.set(true);
-        let result = self.io.write_all(out).await.0;
+        // Straight to the kernel when it has room; what it leaves goes the ordinary way.
+        let sent = send_now(self.fd, &out);
+        let result = if sent < out.len() {
+            out.drain(..sent);
+            self.io.write_all(out).await.0.map(|_| ())
+        } else {
+            Ok(())
+        };
         self.sending.torn.set(result.is_err());
         result.map(|_| ())
     }

@@ -12,6 +12,7 @@ use std::cell::UnsafeCell;
 use std::fmt;
 use std::io::{self, Cursor};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
@@ -64,6 +65,15 @@ pub(crate) fn data_stream(transport: Transport, early: Vec<u8>) -> DataStream {
 
 // SAFETY: both variants are `Split` (their reads and writes are independent).
 unsafe impl Split for Transport {}
+
+impl AsRawFd for Transport {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Transport::Tcp(s) => s.as_raw_fd(),
+            Transport::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
 
 /// A read side that can wait until data is there without holding a buffer. (Not
 /// "relaxed": with epoll, monoio's cached readiness would report a drained socket as
@@ -362,4 +372,27 @@ impl DataListener {
             }
         }
     }
+}
+
+/// Writes what the kernel takes of `bytes` to the socket `fd` now, without
+/// waiting: a send with `MSG_DONTWAIT`. Returns how many bytes went, 0 when the socket's
+/// buffer is full or the send failed (the caller queues the rest for its ordinary write,
+/// which then meets the error, if any, and handles it as always).
+///
+/// For a writer that need not wait: handing bytes to the kernel here saves a trip through
+/// the runtime (and, for a mux stream, copying them into a queue and waking the task that
+/// owns the socket). The caller must know that `fd` is open and that no other write to it
+/// is in progress.
+pub(crate) fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
+    // SAFETY: send(2) reads `bytes.len()` bytes from a live slice; `fd` is an open socket
+    // (the caller's duty, above). MSG_NOSIGNAL: a closed peer is an error, not SIGPIPE.
+    let sent = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(sent).unwrap_or(0)
 }

@@ -41,7 +41,7 @@ use crate::control::policy::Direction;
 use crate::control::registry::Ticket;
 use crate::control::routes::Route;
 use crate::net::dial;
-use crate::net::transport::Readiness;
+use crate::net::transport::{self, Readiness};
 use crate::proto::smux::{self, Cmd, SmuxError};
 use crate::proto::ws::{self, close_code, OpCode};
 use crate::runtime::task::Budget;
@@ -119,7 +119,7 @@ struct Stream {
     /// The stream task, to wake when the queue, `fin` or the session changes.
     task: RefCell<Option<Waker>>,
     /// `dst`'s descriptor while `upload` waits with nothing to write: the session task
-    /// may then hand a PSH payload to the kernel itself (see [`dial::send_now`]), with no
+    /// may then hand a PSH payload to the kernel itself (see [`transport::send_now`]), with no
     /// copy into the queue and no wake-up of the stream task. Set and cleared by
     /// [`IdleWriter`], so never set while a write to `dst` is in progress or after the
     /// socket may have been closed.
@@ -411,7 +411,7 @@ where
                         // bytes: give them to the kernel now; queue only what it left.
                         let sent = match stream.idle_dst.get() {
                             Some(fd) if stream.queue.borrow().is_empty() => {
-                                dial::send_now(fd, bytes)
+                                transport::send_now(fd, bytes)
                             }
                             _ => 0,
                         };
