@@ -6,6 +6,11 @@
 #
 #   OLD_BIN=/tmp/old/target/release/mtt-mu-server tools/bench-ab.sh
 #   REPS=5 BULK_BYTES=4G OLD_BIN=... tools/bench-ab.sh
+#   SHAPE=real ROWS="1 4:--mux" DIRS=down OLD_BIN=... tools/bench-ab.sh
+#
+# SHAPE: the upload shape (`loadgen bulk --shape`: bulk16k, the default, or real, as
+# mtt-client sends). ROWS: stream counts, each with `:--mux` for a mux row (default
+# "1 4 4:--mux"). DIRS: default "up down". BULK_BYTES is per stream.
 #
 # Runs under 2 GiB are too short for /proc's 10 ms CPU tick on a shared machine.
 #
@@ -16,6 +21,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 : "${OLD_BIN:?set OLD_BIN to the mtt-mu-server binary of the old build}"
 REPS=${REPS:-3}
 BULK_BYTES=${BULK_BYTES:-2G}
+SHAPE=${SHAPE:-bulk16k}
+ROWS=${ROWS:-1 4 4:--mux}
+DIRS=${DIRS:-up down}
 OUT=${OUT:-$ROOT/target/bench/ab-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
@@ -29,7 +37,7 @@ cargo build --release -q -p mtt-mu-server -p loadgen
     echo "new: $(git -C "$ROOT" rev-parse --short HEAD), old: $OLD_BIN"
     echo "nproc: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "kernel: $(uname -r)"
-    echo "reps: $REPS, bulk bytes: $BULK_BYTES"
+    echo "reps: $REPS, bulk bytes: $BULK_BYTES, shape: $SHAPE, rows: $ROWS, dirs: $DIRS"
 } | tee "$OUT/machine.txt" >&2
 
 # shellcheck source=tools/bench-common.sh
@@ -55,11 +63,11 @@ start new "$BIN/mtt-mu-server" 1
 
 for rep in $(seq "$REPS"); do
     echo "== rep $rep of $REPS" >&2
-    for row in "1" "4" "4 --mux"; do
-        set -- $row
+    for row in $ROWS; do
+        set -- ${row/:/ }
         streams=$1
         shift
-        for dir in up down; do
+        for dir in $DIRS; do
             for target in old new; do
                 # Mux rows go to a file of their own: the report names rows by direction
                 # and stream count only.
@@ -67,6 +75,7 @@ for rep in $(seq "$REPS"); do
                 [[ $* == *--mux* ]] && record=$OUT/results-mux.jsonl
                 timeout 300 "$LOADGEN" bulk --addr "127.0.0.1:${PORT[$target]}" --proto wss \
                     --path /ab "$@" --dir $dir --streams "$streams" --bytes "$BULK_BYTES" \
+                    --shape "$SHAPE" \
                     --server-pid "${PID[$target]}" --target "$target" --record "$record" ||
                     echo "== $target $dir $row: run failed, not counted" >&2
             done
@@ -74,9 +83,13 @@ for rep in $(seq "$REPS"); do
     done
 done
 {
-    echo "plain (smux_off):"
-    "$LOADGEN" report --reference old "$RESULTS"
-    echo
-    echo "mux (smux_on, 4 streams in one session):"
-    "$LOADGEN" report --reference old "$OUT/results-mux.jsonl"
+    if [[ -s $RESULTS ]]; then
+        echo "plain (smux_off):"
+        "$LOADGEN" report --reference old "$RESULTS"
+        echo
+    fi
+    if [[ -s $OUT/results-mux.jsonl ]]; then
+        echo "mux (smux_on, the streams in one session):"
+        "$LOADGEN" report --reference old "$OUT/results-mux.jsonl"
+    fi
 } | tee "$OUT/table.md"
