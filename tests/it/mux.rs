@@ -152,14 +152,19 @@ fn client_fin_delivers_every_byte(server: Server) {
 /// whole: about a dozen sends are cut short per run here, a hundred refused.)
 #[test]
 fn a_trickling_dst_gets_every_byte_in_order() {
+    for driver in ["io_uring", "epoll"] {
+        trickling_dst(&Server::start(&["-force-tls", "-driver", driver]));
+    }
+}
+
+fn trickling_dst(server: &Server) {
     let Some(bin) = gopeer() else { return };
-    let server = Server::tls();
     let dst = Recorder::trickling();
     let path = unique_path("trickle");
     server.add(&[(&path, dst.addr)]);
     let peer = Peer::spawn(
         bin,
-        &server,
+        server,
         &path,
         &[
             "-proto",
