@@ -172,6 +172,15 @@ impl Stream {
             waker.wake();
         }
     }
+
+    /// `dst`'s descriptor if the session may write to it now: the stream's writer is idle
+    /// and nothing waits in the queue (bytes sent past a queued remainder would overtake
+    /// it; the stream task may not have run since the remainder was queued).
+    fn direct_dst(&self) -> Option<RawFd> {
+        self.idle_dst
+            .get()
+            .filter(|_| self.queue.borrow().is_empty())
+    }
 }
 
 /// State shared by the session task and its stream tasks.
@@ -409,12 +418,9 @@ where
                         session.ticket.up(len);
                         // The stream's writer is idle and nothing is queued before these
                         // bytes: give them to the kernel now; queue only what it left.
-                        let sent = match stream.idle_dst.get() {
-                            Some(fd) if stream.queue.borrow().is_empty() => {
-                                transport::send_now(fd, bytes)
-                            }
-                            _ => 0,
-                        };
+                        let sent = stream
+                            .direct_dst()
+                            .map_or(0, |fd| transport::send_now(fd, bytes));
                         if sent > 0 {
                             stream.activity.set(Instant::now());
                         }
@@ -745,5 +751,27 @@ async fn keepalive<W: AsyncWriteRent>(
             session.nop_sending.set(false);
             next_nop = now + KEEPALIVE_INTERVAL;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_writes_to_dst_only_while_its_writer_is_idle_and_nothing_is_queued() {
+        let stream = Stream::new(1);
+        assert_eq!(stream.direct_dst(), None, "no writer waiting yet");
+        {
+            let _idle = IdleWriter::new(&stream, 7);
+            assert_eq!(stream.direct_dst(), Some(7));
+            // A remainder queued (the stream task not yet run): later bytes must queue too.
+            stream.queue.borrow_mut().extend_from_slice(b"rest");
+            assert_eq!(stream.direct_dst(), None);
+            stream.queue.borrow_mut().clear();
+            assert_eq!(stream.direct_dst(), Some(7));
+        }
+        // The writer is busy (or gone): the descriptor is no longer offered.
+        assert_eq!(stream.direct_dst(), None);
     }
 }
