@@ -27,6 +27,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
+use std::ops::Range;
 use std::os::fd::RawFd;
 use std::pin::pin;
 use std::rc::Rc;
@@ -357,7 +358,8 @@ where
     let budget = Budget::default();
     loop {
         let range = match reader.next(activity).await {
-            Ok(Incoming::Data(range)) => range,
+            // The data frames that came in the same read, joined (as in plain mode).
+            Ok(Incoming::Data(range)) => reader.coalesce(range),
             Ok(Incoming::Ping) => {
                 let pong = reader.control_payload().to_vec();
                 if session
@@ -381,16 +383,58 @@ where
             Err(ReadEnd::Aborted) => return SessionEnd::ClientAborted,
             Err(ReadEnd::Protocol(e)) => return SessionEnd::ClientWebSocket(e),
         };
+        // Consecutive payloads of one stream in this read, moved together over the smux
+        // headers between them, so that they reach dst in one write: a message that
+        // arrives in two records (as Go's TLS sends a full one) brings the end of one PSH
+        // frame and the whole next one, which were two sends.
+        let mut run: Option<(Rc<Stream>, Range<usize>)> = None;
         let mut at = range.start;
         while at < range.end {
             let (event, used) = match decoder.decode(&reader.buf()[at..range.end]) {
                 Ok(decoded) => decoded,
-                Err(e) => return SessionEnd::ClientSmux(e),
+                Err(e) => {
+                    if let Some((stream, bytes)) = run.take() {
+                        deliver(session, &stream, &reader.buf()[bytes], &budget).await;
+                    }
+                    return SessionEnd::ClientSmux(e);
+                }
             };
             let base = at;
             at += used;
+            if let Some(smux::Event::Data { sid, range: data }) = &event {
+                let data = base + data.start..base + data.end;
+                match &mut run {
+                    Some((stream, bytes)) if stream.sid == *sid => {
+                        // Everything before `at` is consumed: the move overwrites only
+                        // headers already decoded.
+                        let len = data.len();
+                        reader.buf_mut().copy_within(data, bytes.end);
+                        bytes.end += len;
+                        continue;
+                    }
+                    _ => {}
+                }
+                if let Some((stream, bytes)) = run.take() {
+                    deliver(session, &stream, &reader.buf()[bytes], &budget).await;
+                }
+                let stream = session.streams.borrow().get(sid).cloned();
+                // Data for a stream that is unknown, refused or closed is dropped.
+                let Some(stream) = stream else {
+                    if let Some(refused) = session.refused.borrow().get(sid) {
+                        refused.hear();
+                    }
+                    continue;
+                };
+                stream.hear();
+                run = Some((stream, data));
+                continue;
+            }
+            // Anything else comes after the data before it has gone to its stream.
+            if let Some((stream, bytes)) = run.take() {
+                deliver(session, &stream, &reader.buf()[bytes], &budget).await;
+            }
             match event {
-                None | Some(smux::Event::Nop) => {}
+                None | Some(smux::Event::Nop) | Some(smux::Event::Data { .. }) => {}
                 Some(smux::Event::Syn(sid)) => open_stream(session, sid).await,
                 Some(smux::Event::Fin(sid)) => {
                     if let Some(stream) = session.streams.borrow_mut().remove(&sid) {
@@ -401,42 +445,38 @@ where
                         stream.hear();
                     }
                 }
-                Some(smux::Event::Data { sid, range: data }) => {
-                    let stream = session.streams.borrow().get(&sid).cloned();
-                    // Data for a stream that is unknown, refused or closed is dropped.
-                    let Some(stream) = stream else {
-                        if let Some(refused) = session.refused.borrow().get(&sid) {
-                            refused.hear();
-                        }
-                        continue;
-                    };
-                    stream.hear();
-                    wait_for_room(session, &stream).await;
-                    if !stream.closed.get() {
-                        let bytes = &reader.buf()[base + data.start..base + data.end];
-                        let len = bytes.len();
-                        session.ticket.up(len);
-                        // The stream's writer is idle and nothing is queued before these
-                        // bytes: give them to the kernel now; queue only what it left.
-                        let sent = stream
-                            .direct_dst()
-                            .map_or(0, |fd| transport::send_now(fd, bytes));
-                        if sent > 0 {
-                            stream.activity.set(Instant::now());
-                        }
-                        if sent < len {
-                            stream.queue.borrow_mut().extend_from_slice(&bytes[sent..]);
-                            stream.wake_task();
-                        }
-                        budget.spend(len).await;
-                        // A limited user's hook (speed, quota): the session stops reading.
-                        if let Some(policy) = session.ticket.policy() {
-                            session.ticket.charge(&policy, Direction::Up, len).await;
-                        }
-                    }
-                }
             }
         }
+        if let Some((stream, bytes)) = run.take() {
+            deliver(session, &stream, &reader.buf()[bytes], &budget).await;
+        }
+    }
+}
+
+/// Client bytes for `stream`: to its `dst` at once when its writer is idle and nothing is
+/// queued (what the kernel leaves is queued), else to its queue; counted, and charged to
+/// a limited user.
+async fn deliver<W>(session: &Session<W>, stream: &Stream, bytes: &[u8], budget: &Budget) {
+    wait_for_room(session, stream).await;
+    if stream.closed.get() {
+        return;
+    }
+    let len = bytes.len();
+    session.ticket.up(len);
+    let sent = stream
+        .direct_dst()
+        .map_or(0, |fd| transport::send_now(fd, bytes));
+    if sent > 0 {
+        stream.activity.set(Instant::now());
+    }
+    if sent < len {
+        stream.queue.borrow_mut().extend_from_slice(&bytes[sent..]);
+        stream.wake_task();
+    }
+    budget.spend(len).await;
+    // A limited user's hook (speed, quota): the session stops reading.
+    if let Some(policy) = session.ticket.policy() {
+        session.ticket.charge(&policy, Direction::Up, len).await;
     }
 }
 
