@@ -3,9 +3,9 @@
 //!
 //! The session task reads the client: WebSocket payloads go through the smux decoder, SYN
 //! spawns a stream task (at most [`MAX_STREAMS`] open; a further SYN gets a FIN and the
-//! session goes on), PSH payloads go to their stream's `dst` (handed to the kernel at
-//! once when the stream's writer is idle, else queued for it), FIN closes the stream's
-//! `dst` once its queue is written. A stream task dials `dst`, writes its queue there, and
+//! session goes on), PSH payloads go to their stream's `dst` (those of one stream that
+//! came in one read together, handed to the kernel at once when the stream's writer is
+//! idle, else queued for it), FIN closes the stream's `dst` once its queue is written. A stream task dials `dst`, writes its queue there, and
 //! sends what `dst` sends back as PSH frames through the connection's one
 //! [`ClientWriter`]. Memory is bounded: when a stream's queue holds [`STREAM_QUEUE`]
 //! bytes the session stops reading the client until it drains, so a slow `dst` pushes back
