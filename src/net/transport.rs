@@ -396,3 +396,23 @@ pub(crate) fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
     };
     usize::try_from(sent).unwrap_or(0)
 }
+
+/// Appends to `buf` what the socket `fd` holds now, at most `max` bytes (and no more than
+/// `buf`'s spare capacity), without waiting: a recv with `MSG_DONTWAIT`. `None` when
+/// there was nothing (or the peer closed, or the read failed: the caller's ordinary read
+/// then reports the end or the error, or waits).
+///
+/// For a reader that expects data (its last read filled the buffer): taking it here saves
+/// a trip through the runtime. The caller must know that `fd` is open and that no other
+/// read of it is in progress.
+pub(crate) fn recv_now(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> Option<usize> {
+    let spare = buf.spare_capacity_mut();
+    let max = max.min(spare.len());
+    // SAFETY: recv(2) writes at most `max` bytes into `buf`'s spare capacity, memory the
+    // Vec owns and does not read; `fd` is an open socket (the caller's duty, above).
+    let got = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), max, libc::MSG_DONTWAIT) };
+    let got = usize::try_from(got).ok().filter(|&n| n > 0)?;
+    // SAFETY: the kernel initialised the `got` bytes after the old length.
+    unsafe { buf.set_len(buf.len() + got) };
+    Some(got)
+}

@@ -604,7 +604,7 @@ async fn relay_stream<W: AsyncWriteRent>(session: &Session<W>, stream: &Stream) 
     let (dst_fd, mut dst_read, dst_write) = dial::split_dst(dst);
     let end = {
         let mut up = pin!(upload(stream, session, dst_write, dst_fd));
-        let mut down = pin!(download(stream, session, &mut dst_read));
+        let mut down = pin!(download(stream, session, &mut dst_read, dst_fd));
         let mut idle = pin!(idle_watch(stream, session.idle_timeout));
         // How the stream ends, once known: `down` may still be writing a frame to the
         // client, which is finished first. (Dropping it part-way would poison the
@@ -721,6 +721,7 @@ async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
     stream: &Stream,
     session: &Session<W>,
     dst: &mut D,
+    dst_fd: RawFd,
 ) {
     let budget = Budget::default();
     let room = HEADER_ROOM + smux::HEADER_LEN;
@@ -731,11 +732,17 @@ async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
         }
         let mut buf: Vec<u8> = Vec::with_capacity(room + FRAME_PAYLOAD);
         buf.resize(room, 0);
-        let (result, slice) = dst.read(buf.slice_mut(room..room + FRAME_PAYLOAD)).await;
-        buf = slice.into_inner();
-        let n = match result {
-            Ok(n) if n > 0 => n,
-            _ => return,
+        // As in plain mode: while dst keeps filling frames, no trip through the runtime.
+        let n = match (!drained).then(|| transport::recv_now(dst_fd, &mut buf, FRAME_PAYLOAD)) {
+            Some(Some(n)) => n,
+            _ => {
+                let (result, slice) = dst.read(buf.slice_mut(room..room + FRAME_PAYLOAD)).await;
+                buf = slice.into_inner();
+                match result {
+                    Ok(n) if n > 0 => n,
+                    _ => return,
+                }
+            }
         };
         drained = n < FRAME_PAYLOAD;
         stream.activity.set(Instant::now());

@@ -11,6 +11,7 @@
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
+use std::os::fd::RawFd;
 use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use monoio::time::Instant;
 use crate::control::policy::Direction;
 use crate::control::registry::{Closing, Ticket};
 use crate::net::dial::{reset_on_close, split_dst};
-use crate::net::transport::Readiness;
+use crate::net::transport::{recv_now, Readiness};
 use crate::proto::ws::{self, close_code, OpCode};
 use crate::runtime::task::Budget;
 use crate::tunnel::client_side::{
@@ -87,7 +88,9 @@ where
         let mut up = pin!(client_to_dst(
             client, dst_write, writer, activity, ticket, &wind
         ));
-        let mut down = pin!(dst_to_client(dst_read, writer, activity, ticket, &wind));
+        let mut down = pin!(dst_to_client(
+            dst_read, dst_fd, writer, activity, ticket, &wind
+        ));
         let mut closing = pin!(ticket.closing());
         let end = poll_fn(|cx| {
             if let Poll::Ready(end) = up.as_mut().poll(cx) {
@@ -261,6 +264,7 @@ where
 /// Bytes from `dst` to binary frames: read behind the header room, frame in place, send.
 async fn dst_to_client<D, W>(
     mut dst: D,
+    dst_fd: RawFd,
     writer: &ClientWriter<W>,
     activity: &Cell<Instant>,
     ticket: &Ticket,
@@ -286,10 +290,18 @@ where
         }
         let mut buf: Vec<u8> = Vec::with_capacity(HEADER_ROOM + size);
         buf.resize(HEADER_ROOM, 0);
-        let (result, slice) = dst
-            .read(buf.slice_mut(HEADER_ROOM..HEADER_ROOM + size))
-            .await;
-        buf = slice.into_inner();
+        // While dst keeps filling the buffer, take what it has without a trip through
+        // the runtime; the ordinary read waits (or reports the end) otherwise.
+        let result = match (!drained).then(|| recv_now(dst_fd, &mut buf, size)) {
+            Some(Some(n)) => Ok(n),
+            _ => {
+                let (result, slice) = dst
+                    .read(buf.slice_mut(HEADER_ROOM..HEADER_ROOM + size))
+                    .await;
+                buf = slice.into_inner();
+                result
+            }
+        };
         let n = match result {
             Ok(0) => {
                 Box::pin(writer.send_close(close_code::NORMAL, ""))
