@@ -1092,12 +1092,12 @@ impl<W: AsyncWriteRent> Tls13Writer<W> {
         let sent = send_now(self.fd, &out);
         let result = if sent < out.len() {
             out.drain(..sent);
-            self.io.write_all(out).await.0.map(|_| ())
+            self.io.write_all(out).await.0.map(drop)
         } else {
             Ok(())
         };
         self.sending.torn.set(result.is_err());
-        result.map(|_| ())
+        result
     }
 }
 

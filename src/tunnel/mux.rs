@@ -5,7 +5,8 @@
 //! spawns a stream task (at most [`MAX_STREAMS`] open; a further SYN gets a FIN and the
 //! session goes on), PSH payloads go to their stream's `dst` (those of one stream that
 //! came in one read together, handed to the kernel at once when the stream's writer is
-//! idle, else queued for it), FIN closes the stream's `dst` once its queue is written. A stream task dials `dst`, writes its queue there, and
+//! idle, else queued for it), FIN closes the stream's `dst` once its queue is written. A
+//! stream task dials `dst`, writes its queue there, and
 //! sends what `dst` sends back as PSH frames through the connection's one
 //! [`ClientWriter`]. Memory is bounded: when a stream's queue holds [`STREAM_QUEUE`]
 //! bytes the session stops reading the client until it drains, so a slow `dst` pushes back
@@ -388,53 +389,37 @@ where
         // arrives in two records (as Go's TLS sends a full one) brings the end of one PSH
         // frame and the whole next one, which were two sends.
         let mut run: Option<(Rc<Stream>, Range<usize>)> = None;
+        let mut failed = None;
         let mut at = range.start;
         while at < range.end {
             let (event, used) = match decoder.decode(&reader.buf()[at..range.end]) {
                 Ok(decoded) => decoded,
                 Err(e) => {
-                    if let Some((stream, bytes)) = run.take() {
-                        deliver(session, &stream, &reader.buf()[bytes], &budget).await;
-                    }
-                    return SessionEnd::ClientSmux(e);
+                    failed = Some(e);
+                    break;
                 }
             };
             let base = at;
             at += used;
-            if let Some(smux::Event::Data { sid, range: data }) = &event {
-                let data = base + data.start..base + data.end;
-                match &mut run {
-                    Some((stream, bytes)) if stream.sid == *sid => {
-                        // Everything before `at` is consumed: the move overwrites only
-                        // headers already decoded.
-                        let len = data.len();
-                        reader.buf_mut().copy_within(data, bytes.end);
-                        bytes.end += len;
-                        continue;
-                    }
-                    _ => {}
-                }
-                if let Some((stream, bytes)) = run.take() {
-                    deliver(session, &stream, &reader.buf()[bytes], &budget).await;
-                }
-                let stream = session.streams.borrow().get(sid).cloned();
-                // Data for a stream that is unknown, refused or closed is dropped.
-                let Some(stream) = stream else {
-                    if let Some(refused) = session.refused.borrow().get(sid) {
-                        refused.hear();
-                    }
+            if let (Some(smux::Event::Data { sid, range: data }), Some((stream, bytes))) =
+                (&event, &mut run)
+            {
+                if stream.sid == *sid {
+                    // Everything before `at` is consumed: the move overwrites only
+                    // headers already decoded.
+                    let data = base + data.start..base + data.end;
+                    let len = data.len();
+                    reader.buf_mut().copy_within(data, bytes.end);
+                    bytes.end += len;
                     continue;
-                };
-                stream.hear();
-                run = Some((stream, data));
-                continue;
+                }
             }
             // Anything else comes after the data before it has gone to its stream.
             if let Some((stream, bytes)) = run.take() {
                 deliver(session, &stream, &reader.buf()[bytes], &budget).await;
             }
             match event {
-                None | Some(smux::Event::Nop) | Some(smux::Event::Data { .. }) => {}
+                None | Some(smux::Event::Nop) => {}
                 Some(smux::Event::Syn(sid)) => open_stream(session, sid).await,
                 Some(smux::Event::Fin(sid)) => {
                     if let Some(stream) = session.streams.borrow_mut().remove(&sid) {
@@ -445,10 +430,25 @@ where
                         stream.hear();
                     }
                 }
+                Some(smux::Event::Data { sid, range: data }) => {
+                    let stream = session.streams.borrow().get(&sid).cloned();
+                    // Data for a stream that is unknown, refused or closed is dropped.
+                    let Some(stream) = stream else {
+                        if let Some(refused) = session.refused.borrow().get(&sid) {
+                            refused.hear();
+                        }
+                        continue;
+                    };
+                    stream.hear();
+                    run = Some((stream, base + data.start..base + data.end));
+                }
             }
         }
         if let Some((stream, bytes)) = run.take() {
             deliver(session, &stream, &reader.buf()[bytes], &budget).await;
+        }
+        if let Some(e) = failed {
+            return SessionEnd::ClientSmux(e);
         }
     }
 }
@@ -733,9 +733,14 @@ async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
         let mut buf: Vec<u8> = Vec::with_capacity(room + FRAME_PAYLOAD);
         buf.resize(room, 0);
         // As in plain mode: while dst keeps filling frames, no trip through the runtime.
-        let n = match (!drained).then(|| transport::recv_now(dst_fd, &mut buf, FRAME_PAYLOAD)) {
-            Some(Some(n)) => n,
-            _ => {
+        let quick = if drained {
+            None
+        } else {
+            transport::recv_now(dst_fd, &mut buf, FRAME_PAYLOAD)
+        };
+        let n = match quick {
+            Some(n) => n,
+            None => {
                 let (result, slice) = dst.read(buf.slice_mut(room..room + FRAME_PAYLOAD)).await;
                 buf = slice.into_inner();
                 match result {

@@ -292,9 +292,14 @@ where
         buf.resize(HEADER_ROOM, 0);
         // While dst keeps filling the buffer, take what it has without a trip through
         // the runtime; the ordinary read waits (or reports the end) otherwise.
-        let result = match (!drained).then(|| recv_now(dst_fd, &mut buf, size)) {
-            Some(Some(n)) => Ok(n),
-            _ => {
+        let quick = if drained {
+            None
+        } else {
+            recv_now(dst_fd, &mut buf, size)
+        };
+        let result = match quick {
+            Some(n) => Ok(n),
+            None => {
                 let (result, slice) = dst
                     .read(buf.slice_mut(HEADER_ROOM..HEADER_ROOM + size))
                     .await;

@@ -13,6 +13,7 @@
 //! reached them, whole and in order.
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -112,11 +113,31 @@ fn client_closes_one_stream_half_way_while_others_run_over_plain_tcp() {
 fn client_fin_delivers_every_byte(server: Server) {
     let Some(bin) = gopeer() else { return };
     let dst = Recorder::flooding();
+    let (conns, r) = upload_four_streams(bin, &server, &dst, 2 * MIB, "50s");
+    assert_ok(&r);
+    assert_eq!(int(&r, "streams_ok"), 4);
+    for c in &conns {
+        assert!(c.eof && !c.reset, "dst connection was reset: {c:?}");
+    }
+    let expected: Vec<(u64, u64)> = (0..4).map(|id| (id, 2 * MIB)).collect();
+    assert_streams_received(&conns, &expected);
+}
+
+/// The Go peer uploads `bytes` on each of 4 streams to `dst`, then FINs them and holds the
+/// session open (at most `hold`) until dst has closed all 4 connections: their records,
+/// and the peer's result.
+fn upload_four_streams(
+    bin: &Path,
+    server: &Server,
+    dst: &Recorder,
+    bytes: u64,
+    hold: &str,
+) -> (Vec<ConnRecord>, Value) {
     let path = unique_path("upload");
     server.add(&[(&path, dst.addr)]);
     let peer = Peer::spawn(
         bin,
-        &server,
+        server,
         &path,
         &[
             "-proto",
@@ -126,23 +147,16 @@ fn client_fin_delivers_every_byte(server: Server) {
             "-streams",
             "4",
             "-bytes",
-            "2097152",
+            &bytes.to_string(),
             "-hold",
-            "50s",
+            hold,
             "-hold-stdin",
         ],
     );
     peer.wait_line("uploaded", WAIT);
     // The peer holds the session open until dst has it all.
     let conns = dst.wait_all_closed(4);
-    let r = peer.finish();
-    assert_ok(&r);
-    assert_eq!(int(&r, "streams_ok"), 4);
-    for c in &conns {
-        assert!(c.eof && !c.reset, "dst connection was reset: {c:?}");
-    }
-    let expected: Vec<(u64, u64)> = (0..4).map(|id| (id, 2 * MIB)).collect();
-    assert_streams_received(&conns, &expected);
+    (conns, peer.finish())
 }
 
 /// A dst that reads slowly once its socket is full: the server's writes to it are cut
@@ -160,29 +174,7 @@ fn a_trickling_dst_gets_every_byte_in_order() {
 fn trickling_dst(server: &Server) {
     let Some(bin) = gopeer() else { return };
     let dst = Recorder::trickling();
-    let path = unique_path("trickle");
-    server.add(&[(&path, dst.addr)]);
-    let peer = Peer::spawn(
-        bin,
-        server,
-        &path,
-        &[
-            "-proto",
-            "smux_on",
-            "-mode",
-            "upload",
-            "-streams",
-            "4",
-            "-bytes",
-            "16777216",
-            "-hold",
-            "100s",
-            "-hold-stdin",
-        ],
-    );
-    peer.wait_line("uploaded", WAIT);
-    let conns = dst.wait_all_closed(4);
-    let r = peer.finish();
+    let (conns, r) = upload_four_streams(bin, server, &dst, 16 * MIB, "100s");
     assert_ok(&r);
     let expected: Vec<(u64, u64)> = (0..4).map(|id| (id, 16 * MIB)).collect();
     assert_streams_received(&conns, &expected);
