@@ -36,7 +36,37 @@ pub struct Bulk {
     /// Payload bytes per WebSocket (and smux) frame.
     pub frame: usize,
     pub shape: Shape,
+    /// Downloads: the client reads at most this many Mbit/s (per connection), as a
+    /// client on a slower link would; 0 reads as fast as it can.
+    pub pace_mbps: u64,
     pub server_pid: Option<u32>,
+}
+
+/// Holds a reader to a rate: after each read, sleeps while it is more than a millisecond
+/// ahead of the rate.
+struct Pacer {
+    start: Instant,
+    bytes: u64,
+    bytes_per_sec: f64,
+}
+
+impl Pacer {
+    fn new(mbps: u64) -> Option<Self> {
+        (mbps > 0).then(|| Pacer {
+            start: Instant::now(),
+            bytes: 0,
+            bytes_per_sec: mbps as f64 * 1e6 / 8.0,
+        })
+    }
+
+    fn took(&mut self, n: usize) {
+        self.bytes += n as u64;
+        let due = std::time::Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_sec);
+        let ahead = due.saturating_sub(self.start.elapsed());
+        if ahead > std::time::Duration::from_millis(1) {
+            std::thread::sleep(ahead);
+        }
+    }
 }
 
 /// One stream's result.
@@ -156,9 +186,15 @@ fn plain_stream(b: &Bulk, go: &Barrier) -> io::Result<Done> {
         send(&mut t, &backend::request(b'D', b.bytes))?;
         t.flush()?;
         let mut got = 0u64;
+        let mut pacer = Pacer::new(b.pace_mbps);
         while got < b.bytes {
             match reader.next(&mut t)? {
-                Chunk::Data(r) => got += r.len() as u64,
+                Chunk::Data(r) => {
+                    got += r.len() as u64;
+                    if let Some(p) = pacer.as_mut() {
+                        p.took(r.len());
+                    }
+                }
                 other => {
                     return Err(io::Error::other(format!(
                         "download ended at {got} of {} bytes: {other:?}",
@@ -330,8 +366,13 @@ fn mux_session(b: &Bulk, go: &Barrier) -> io::Result<Done> {
             got.iter().all(|&g| g >= per_stream)
         }
     };
+    let mut pacer = Pacer::new(if b.upload { 0 } else { b.pace_mbps });
     while !finished(&got, acked) {
-        match reader.next(&mut t)? {
+        let chunk = reader.next(&mut t)?;
+        if let (Some(p), Chunk::Data(r)) = (pacer.as_mut(), &chunk) {
+            p.took(r.len());
+        }
+        match chunk {
             Chunk::Data(r) => decoder.feed(&reader.buf[r], |event| match event {
                 SmuxEvent::Data(sid, data) => {
                     let i = (sid as usize).saturating_sub(1) / 2;

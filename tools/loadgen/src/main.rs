@@ -95,6 +95,10 @@ struct BulkArgs {
     /// (mtt-client's: a message per read of a local socket, Go 1.19's TLS records)
     #[argh(option, from_str_fn(parse_shape), default = "shape::Shape::Bulk16k")]
     shape: shape::Shape,
+    /// downloads: read at most this many Mbit/s per connection, as a client on a slower
+    /// link (default 0: as fast as it can)
+    #[argh(option, default = "0")]
+    pace: u64,
     /// pid of the relay whose CPU is measured
     #[argh(option)]
     server_pid: Option<u32>,
@@ -340,6 +344,7 @@ fn main() {
                 bytes: a.bytes,
                 frame: a.frame.clamp(1, 65535),
                 shape: a.shape,
+                pace_mbps: a.pace,
                 server_pid: a.server_pid,
             },
             &Recorder {
