@@ -28,8 +28,24 @@ use crate::proto::ws::{self, OpCode, ProtocolError};
 
 /// First size of the read buffer: small, so an idle tunnel holds little.
 pub(crate) const INITIAL_BUFFER: usize = 4 * 1024;
-/// Largest size a buffer grows to while reads keep filling it.
-pub(crate) const MAX_BUFFER: usize = 64 * 1024;
+/// Largest size the client's read buffer grows to while reads keep filling it.
+const MAX_BUFFER: usize = 64 * 1024;
+/// Largest plaintext of one TLS record (RFC 8446 5.1).
+pub(crate) const RECORD: usize = 16 * 1024;
+/// The header of a binary frame of 126 to 65535 payload bytes.
+pub(crate) const SHORT_FRAME_HEADER: usize = 4;
+/// The sizes of reads from `dst` that become binary frames, smallest first: a tunnel
+/// starts at the first and moves up one while reads keep filling the buffer. From a
+/// record's size up, each size makes a frame (header and payload) of whole TLS records:
+/// a 64 KiB read made a frame of 65,546 bytes, four full records and one of 10 bytes,
+/// which costs both sides a record for nothing.
+pub(crate) const READ_SIZES: [usize; 5] = [
+    INITIAL_BUFFER,
+    8 * 1024,
+    RECORD - SHORT_FRAME_HEADER,
+    2 * RECORD - SHORT_FRAME_HEADER,
+    4 * RECORD - SHORT_FRAME_HEADER,
+];
 
 /// What the client sent next, for the tunnel to act on. Pongs are swallowed.
 #[derive(Debug, PartialEq, Eq)]

@@ -47,7 +47,9 @@ use crate::net::transport::{self, Readiness};
 use crate::proto::smux::{self, Cmd, SmuxError};
 use crate::proto::ws::{self, close_code, OpCode};
 use crate::runtime::task::Budget;
-use crate::tunnel::client_side::{ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM};
+use crate::tunnel::client_side::{
+    ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM, RECORD, SHORT_FRAME_HEADER,
+};
 
 /// Most streams open at once in one session (upstream's limit).
 pub(crate) const MAX_STREAMS: usize = 16;
@@ -55,11 +57,13 @@ pub(crate) const MAX_STREAMS: usize = 16;
 pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// A session from which nothing arrived for this long is closed.
 pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(70);
-/// Largest PSH payload we send (at most 65535). 32 KiB cost about 15 % less server CPU
-/// per GiB than upstream's 16 KiB and as little as 65535 (BENCHMARKS.md, "PSH frame
+/// Largest PSH payload we send (at most 65535). About 32 KiB cost about 15 % less server
+/// CPU per GiB than upstream's 16 KiB and as little as 65535 (BENCHMARKS.md, "PSH frame
 /// size"), while a frame holds the connection's one writer half as long as 65535 would
-/// (other streams wait less) and a read buffer is half the size.
-pub(crate) const FRAME_PAYLOAD: usize = 32 * 1024;
+/// (other streams wait less) and a read buffer is half the size. Exactly this much makes
+/// the frame, with its smux and WebSocket headers, two full TLS records: 32 KiB made a
+/// third record of 12 bytes.
+pub(crate) const FRAME_PAYLOAD: usize = 2 * RECORD - SHORT_FRAME_HEADER - smux::HEADER_LEN;
 /// Client bytes queued for one stream before the session stops reading the client.
 pub(crate) const STREAM_QUEUE: usize = 64 * 1024;
 /// How long an ending session waits for frames already being written (and then for its

@@ -28,7 +28,7 @@ use crate::net::transport::{recv_now, Readiness};
 use crate::proto::ws::{self, close_code, OpCode};
 use crate::runtime::task::Budget;
 use crate::tunnel::client_side::{
-    ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM, INITIAL_BUFFER, MAX_BUFFER,
+    ClientReader, ClientWriter, Incoming, ReadEnd, HEADER_ROOM, INITIAL_BUFFER, READ_SIZES,
 };
 
 /// How long to wait for the client's close frame after ours, or for a frame being
@@ -275,7 +275,8 @@ where
     W: AsyncWriteRent,
 {
     let budget = Budget::default();
-    let mut size = INITIAL_BUFFER;
+    // Which of READ_SIZES the next read takes.
+    let mut step = 0;
     // Set when the last read drained the socket: wait for data before taking a buffer.
     let mut drained = false;
     loop {
@@ -288,6 +289,7 @@ where
                 .ok();
             return TunnelEnd::BackendError;
         }
+        let size = READ_SIZES[step];
         let mut buf: Vec<u8> = Vec::with_capacity(HEADER_ROOM + size);
         buf.resize(HEADER_ROOM, 0);
         // While dst keeps filling the buffer, take what it has without a trip through
@@ -338,10 +340,10 @@ where
         if let Some(policy) = ticket.policy() {
             ticket.charge(&policy, Direction::Down, n).await;
         }
-        if n == size && size < MAX_BUFFER {
-            size = (size * 2).min(MAX_BUFFER);
-        } else if n < INITIAL_BUFFER / 2 && size > INITIAL_BUFFER {
-            size = INITIAL_BUFFER;
+        if n == size {
+            step = (step + 1).min(READ_SIZES.len() - 1);
+        } else if n < INITIAL_BUFFER / 2 {
+            step = 0;
         }
     }
 }

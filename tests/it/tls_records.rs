@@ -545,3 +545,114 @@ fn tls_12_truncation_resets_dst_and_close_notify_ends_it_cleanly() {
         assert_eq!(read_to_ending(&mut backend), (b"twelve".to_vec(), want));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The records a download travels in.
+
+/// One binary frame of a download: its length (header and payload) and the plaintext
+/// lengths of the records that carried it.
+struct Carried {
+    len: usize,
+    records: Vec<usize>,
+}
+
+/// Receives binary frames until they carry `total` bytes, not counting `overhead` bytes
+/// of each payload (an smux header), and says which records carried each. Panics if a
+/// record holds parts of two frames.
+fn frames_in_records(client: &mut RecordClient, total: usize, overhead: usize) -> Vec<Carried> {
+    let mut frames = Vec::new();
+    let (mut got, mut frame, mut records) = (0, Vec::new(), Vec::new());
+    while got < total {
+        let Received::Data(data) = client.receive_skipping_updates() else {
+            panic!("the download ended after {got} of {total} bytes");
+        };
+        records.push(data.len());
+        frame.extend_from_slice(&data);
+        // An unmasked server frame: FIN and opcode, then a 7-bit, 16-bit or 64-bit length.
+        let (header, payload) = match frame.get(1).map(|b| b & 0x7f) {
+            Some(126) if frame.len() >= 4 => (4, u16::from_be_bytes([frame[2], frame[3]]) as usize),
+            Some(127) if frame.len() >= 10 => (
+                10,
+                u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+            ),
+            Some(n) if n < 126 => (2, n as usize),
+            _ => continue,
+        };
+        assert_eq!(frame[0], 0x80 | OP_BINARY, "a binary frame");
+        if frame.len() < header + payload {
+            continue;
+        }
+        assert_eq!(
+            frame.len(),
+            header + payload,
+            "a record ends where its frame ends"
+        );
+        got += payload - overhead;
+        frames.push(Carried {
+            len: frame.len(),
+            records: std::mem::take(&mut records),
+        });
+        frame.clear();
+    }
+    frames
+}
+
+/// What every download must show: no record is cut short inside a frame, and the frames
+/// of full reads (the largest) fill whole records, so no sliver of a record follows them.
+fn assert_whole_records(frames: &[Carried]) {
+    for f in frames {
+        let (last, full) = f.records.split_last().unwrap();
+        assert!(full.iter().all(|&r| r == MAX_PLAINTEXT), "{:?}", f.records);
+        assert!(*last > 0 && *last <= MAX_PLAINTEXT);
+    }
+    let largest = frames.iter().map(|f| f.len).max().unwrap();
+    assert_eq!(
+        largest % MAX_PLAINTEXT,
+        0,
+        "the largest frames ({largest} bytes) end in a record of {} bytes",
+        largest % MAX_PLAINTEXT
+    );
+    let full_reads = frames.iter().filter(|f| f.len == largest).count();
+    assert!(
+        largest >= 2 * MAX_PLAINTEXT && full_reads >= 16,
+        "{full_reads} frames of {largest} bytes in {}",
+        frames.len()
+    );
+}
+
+/// 8 MiB that `backend` sends as fast as it can, from a thread.
+fn send_download(mut backend: TcpStream) -> std::thread::JoinHandle<TcpStream> {
+    std::thread::spawn(move || {
+        backend.write_all(&vec![0x5a; 8 << 20]).unwrap();
+        backend
+    })
+}
+
+#[test]
+fn a_download_fills_whole_records() {
+    let (_server, mut client, backend) = tunnel(AES_128);
+    let sending = send_download(backend);
+    let frames = frames_in_records(&mut client, 8 << 20, 0);
+    sending.join().unwrap();
+    assert_whole_records(&frames);
+}
+
+#[test]
+fn a_mux_download_fills_whole_records() {
+    let server = server();
+    let (dst, accepted) = capture_backend();
+    let path = unique_path("mux");
+    server.add(&[(&path, dst)]);
+    let mut client = RecordClient::connect(server.data, AES_128);
+    upgrade(&mut client, &path, "smux_on");
+    let mut frames = smux(SYN, 1, b"");
+    frames.extend(smux(PSH, 1, b"go"));
+    client.send_data(&binary(&frames));
+    let mut backend = next_captured(&accepted);
+    let mut got = [0u8; 2];
+    backend.read_exact(&mut got).unwrap();
+    let sending = send_download(backend);
+    let frames = frames_in_records(&mut client, 8 << 20, 8);
+    sending.join().unwrap();
+    assert_whole_records(&frames);
+}
