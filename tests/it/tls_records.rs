@@ -14,6 +14,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::Command;
+use std::sync::mpsc::Receiver;
 
 use mtt_mu_server::tls_record::{alert, KEY_UPDATE_AFTER, MAX_RECORDS_WITHOUT_DATA};
 use rustls::{StreamOwned, SupportedCipherSuite};
@@ -238,24 +239,42 @@ fn a_websocket_close_then_a_fin_ends_dst_cleanly() {
     assert_eq!(read_to_ending(&mut backend), (Vec::new(), Ending::Fin));
 }
 
-#[test]
-fn a_broken_mux_session_resets_every_stream() {
-    let server = server();
+/// A record client with a mux session open at a fresh path of `server`; each stream's
+/// `dst` (a capture backend) comes out of the receiver as it is dialed.
+fn mux_session(server: &Server) -> (RecordClient, Receiver<TcpStream>) {
     let (dst, accepted) = capture_backend();
     let path = unique_path("mux");
     server.add(&[(&path, dst)]);
     let mut client = RecordClient::connect(server.data, AES_128);
     upgrade(&mut client, &path, "smux_on");
-    let mut backends = Vec::new();
-    for sid in [1u32, 3] {
-        let mut frames = smux(SYN, sid, b"");
-        frames.extend(smux(PSH, sid, b"data"));
-        client.send_data(&binary(&frames));
-        let mut backend = next_captured(&accepted);
-        let mut got = [0u8; 4];
-        backend.read_exact(&mut got).unwrap();
-        backends.push(backend);
-    }
+    (client, accepted)
+}
+
+/// Opens stream `sid` with `data` on it; returns its `dst` once `data` arrived there.
+fn open_stream(
+    client: &mut RecordClient,
+    accepted: &Receiver<TcpStream>,
+    sid: u32,
+    data: &[u8],
+) -> TcpStream {
+    let mut frames = smux(SYN, sid, b"");
+    frames.extend(smux(PSH, sid, data));
+    client.send_data(&binary(&frames));
+    let mut backend = next_captured(accepted);
+    let mut got = vec![0u8; data.len()];
+    backend.read_exact(&mut got).unwrap();
+    assert_eq!(got, data);
+    backend
+}
+
+#[test]
+fn a_broken_mux_session_resets_every_stream() {
+    let server = server();
+    let (mut client, accepted) = mux_session(&server);
+    let mut backends: Vec<_> = [1u32, 3]
+        .into_iter()
+        .map(|sid| open_stream(&mut client, &accepted, sid, b"data"))
+        .collect();
     let mut record = client.record(APPLICATION_DATA, &binary(b"x"));
     record[7] ^= 0x80;
     client.send(&record);
@@ -640,17 +659,8 @@ fn a_download_fills_whole_records() {
 #[test]
 fn a_mux_download_fills_whole_records() {
     let server = server();
-    let (dst, accepted) = capture_backend();
-    let path = unique_path("mux");
-    server.add(&[(&path, dst)]);
-    let mut client = RecordClient::connect(server.data, AES_128);
-    upgrade(&mut client, &path, "smux_on");
-    let mut frames = smux(SYN, 1, b"");
-    frames.extend(smux(PSH, 1, b"go"));
-    client.send_data(&binary(&frames));
-    let mut backend = next_captured(&accepted);
-    let mut got = [0u8; 2];
-    backend.read_exact(&mut got).unwrap();
+    let (mut client, accepted) = mux_session(&server);
+    let backend = open_stream(&mut client, &accepted, 1, b"go");
     let sending = send_download(backend);
     let frames = frames_in_records(&mut client, 8 << 20, 8);
     sending.join().unwrap();
