@@ -710,8 +710,8 @@ async fn upload<W: AsyncWriteRent, D: AsyncWriteRent>(
         budget.spend(data.len()).await;
         stream.activity.set(Instant::now());
         data.clear();
-        // Keep a buffer for next time only if it is not a large one.
-        spare = if data.capacity() <= 2 * FRAME_PAYLOAD {
+        // Keep a buffer for next time only if it is not larger than a full queue.
+        spare = if data.capacity() <= STREAM_QUEUE {
             data
         } else {
             Vec::new()
