@@ -416,3 +416,25 @@ pub(crate) fn recv_now(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> Option<usize
     unsafe { buf.set_len(buf.len() + got) };
     Some(got)
 }
+
+/// Reads at most `max` bytes of `src` into `buf`'s spare capacity, after what it holds:
+/// at once with [`recv_now`] when `expect_more` (the last read filled its buffer, so the
+/// socket likely has more), else, or when nothing was there, with `src`'s ordinary read,
+/// which waits, or reports the end or an error. `fd` is `src`'s socket (as for
+/// [`recv_now`]).
+pub(crate) async fn read_appending<D: AsyncReadRent>(
+    src: &mut D,
+    fd: RawFd,
+    mut buf: Vec<u8>,
+    max: usize,
+    expect_more: bool,
+) -> (io::Result<usize>, Vec<u8>) {
+    if expect_more {
+        if let Some(n) = recv_now(fd, &mut buf, max) {
+            return (Ok(n), buf);
+        }
+    }
+    let start = buf.len();
+    let (result, slice) = src.read(buf.slice_mut(start..start + max)).await;
+    (result, slice.into_inner())
+}

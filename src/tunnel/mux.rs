@@ -35,7 +35,6 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Instant;
 
@@ -737,21 +736,11 @@ async fn download<W: AsyncWriteRent, D: AsyncReadRent + Readiness>(
         let mut buf: Vec<u8> = Vec::with_capacity(room + FRAME_PAYLOAD);
         buf.resize(room, 0);
         // As in plain mode: while dst keeps filling frames, no trip through the runtime.
-        let quick = if drained {
-            None
-        } else {
-            transport::recv_now(dst_fd, &mut buf, FRAME_PAYLOAD)
-        };
-        let n = match quick {
-            Some(n) => n,
-            None => {
-                let (result, slice) = dst.read(buf.slice_mut(room..room + FRAME_PAYLOAD)).await;
-                buf = slice.into_inner();
-                match result {
-                    Ok(n) if n > 0 => n,
-                    _ => return,
-                }
-            }
+        let (result, mut buf) =
+            transport::read_appending(dst, dst_fd, buf, FRAME_PAYLOAD, !drained).await;
+        let n = match result {
+            Ok(n) if n > 0 => n,
+            _ => return,
         };
         drained = n < FRAME_PAYLOAD;
         stream.activity.set(Instant::now());

@@ -16,7 +16,7 @@ use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::Duration;
 
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
@@ -24,7 +24,7 @@ use monoio::time::Instant;
 use crate::control::policy::Direction;
 use crate::control::registry::{Closing, Ticket};
 use crate::net::dial::{reset_on_close, split_dst};
-use crate::net::transport::{recv_now, Readiness};
+use crate::net::transport::{read_appending, Readiness};
 use crate::proto::ws::{self, close_code, OpCode};
 use crate::runtime::task::Budget;
 use crate::tunnel::client_side::{
@@ -294,21 +294,7 @@ where
         buf.resize(HEADER_ROOM, 0);
         // While dst keeps filling the buffer, take what it has without a trip through
         // the runtime; the ordinary read waits (or reports the end) otherwise.
-        let quick = if drained {
-            None
-        } else {
-            recv_now(dst_fd, &mut buf, size)
-        };
-        let result = match quick {
-            Some(n) => Ok(n),
-            None => {
-                let (result, slice) = dst
-                    .read(buf.slice_mut(HEADER_ROOM..HEADER_ROOM + size))
-                    .await;
-                buf = slice.into_inner();
-                result
-            }
-        };
+        let (result, buf) = read_appending(&mut dst, dst_fd, buf, size, !drained).await;
         let n = match result {
             Ok(0) => {
                 Box::pin(writer.send_close(close_code::NORMAL, ""))
@@ -325,12 +311,11 @@ where
             }
         };
         drained = n < size;
+        // (While discarding too: dst is still alive, the linger after the client's end goes on.)
+        activity.set(Instant::now());
         if wind.discard.get() {
-            // dst is still alive: the linger after the client's end goes on.
-            activity.set(Instant::now());
             continue;
         }
-        activity.set(Instant::now());
         ticket.down(n);
         let (result, _) = writer.send_binary(buf).await;
         if result.is_err() {
