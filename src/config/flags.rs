@@ -507,13 +507,7 @@ pub(super) const FLAGS: &[Flag] = &[
             required: None,
             check: None,
             store: |d, v| {
-                if v.is_empty()
-                    || !v
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    return Err("letters, digits, - and _ only".to_string());
-                }
+                check_token(v)?;
                 d.panel.node_id = Some(v.to_string());
                 Ok(())
             },
@@ -528,13 +522,7 @@ pub(super) const FLAGS: &[Flag] = &[
             required: None,
             check: None,
             store: |d, v| {
-                if v.is_empty()
-                    || !v
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    return Err("letters, digits, - and _ only".to_string());
-                }
+                check_token(v)?;
                 d.panel.node_type = v.to_string();
                 Ok(())
             },
@@ -627,6 +615,18 @@ fn check_panel_url(v: &str) -> Result<(), String> {
 }
 
 /// A share from 0 to 1 (`0.5`, `1`), in thousandths.
+/// A node's id or type as panels spell them: letters, digits, `-` and `_`, not empty.
+fn check_token(v: &str) -> Result<(), String> {
+    if v.is_empty()
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("letters, digits, - and _ only".to_string());
+    }
+    Ok(())
+}
+
 fn share_permille(v: &str) -> Result<u32, String> {
     match v.parse::<f64>() {
         Ok(share) if (0.0..=1.0).contains(&share) => Ok((share * 1000.0).round() as u32),
