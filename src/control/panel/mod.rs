@@ -337,34 +337,18 @@ impl Health {
     /// The sync series of `/metrics`.
     pub(crate) fn render(&self, out: &mut String) {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        crate::control::metrics::family(
+        per_op(
             out,
             "mtt_panel_last_success_timestamp_seconds",
-            "gauge",
             "Unix time of the last successful exchange with the panel (0: none since start).",
+            |op| format!("{:.3}", state.last_success[op as usize]),
         );
-        for op in Op::ALL {
-            let _ = writeln!(
-                out,
-                "mtt_panel_last_success_timestamp_seconds{{op=\"{}\"}} {:.3}",
-                op.name(),
-                state.last_success[op as usize]
-            );
-        }
-        crate::control::metrics::family(
+        per_op(
             out,
             "mtt_panel_consecutive_failures",
-            "gauge",
             "Exchanges with the panel that failed since the last success.",
+            |op| state.failures[op as usize].to_string(),
         );
-        for op in Op::ALL {
-            let _ = writeln!(
-                out,
-                "mtt_panel_consecutive_failures{{op=\"{}\"}} {}",
-                op.name(),
-                state.failures[op as usize]
-            );
-        }
         crate::control::metrics::family(
             out,
             "mtt_panel_pulls_total",
@@ -375,6 +359,14 @@ impl Health {
             let n = state.pulls.get(result).copied().unwrap_or(0);
             let _ = writeln!(out, "mtt_panel_pulls_total{{result=\"{result}\"}} {n}");
         }
+    }
+}
+
+/// A gauge family with one series per operation, labelled `op`.
+fn per_op(out: &mut String, name: &str, help: &str, value: impl Fn(Op) -> String) {
+    crate::control::metrics::family(out, name, "gauge", help);
+    for op in Op::ALL {
+        let _ = writeln!(out, "{name}{{op=\"{}\"}} {}", op.name(), value(op));
     }
 }
 
