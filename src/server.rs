@@ -24,6 +24,24 @@ use crate::worker::{self, ConnectionLimit, Driver, Settings, WorkerSpec};
 /// Bound on the controller's last collection of counters at shutdown.
 const EXIT_COLLECT: Duration = Duration::from_secs(3);
 
+/// A secret as given: the value itself, or the trimmed contents of its file, which must
+/// not be empty (`flag` names the file's flag in the error).
+fn read_secret(secret: Option<&Secret>, flag: &str) -> Result<Option<String>, String> {
+    match secret {
+        None => Ok(None),
+        Some(Secret::Value(s)) => Ok(Some(s.clone())),
+        Some(Secret::File(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+            let value = text.trim().to_string();
+            if value.is_empty() {
+                return Err(format!("{flag} {}: the file is empty", path.display()));
+            }
+            Ok(Some(value))
+        }
+    }
+}
+
 /// Threads for name resolution of destinations, shared by all workers.
 const RESOLVER_THREADS: usize = 2;
 
@@ -255,43 +273,16 @@ pub fn start(config: Config) -> Result<Running, String> {
         .local_addr()
         .map_err(|e| format!("-c {}: {e}", config.controller))?;
 
-    let secret = match &config.secret {
-        None => None,
-        Some(Secret::Value(s)) => Some(s.clone()),
-        Some(Secret::File(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("-secret-file {}: {e}", path.display()))?;
-            let secret = text.trim().to_string();
-            if secret.is_empty() {
-                return Err(format!(
-                    "-secret-file {}: the file is empty",
-                    path.display()
-                ));
-            }
-            Some(secret)
-        }
-    };
+    let secret = read_secret(config.secret.as_ref(), "-secret-file")?;
     if secret.is_none() && !controller_addr.ip().is_loopback() {
         log::warn!(
             "the controller listens on {controller_addr}, beyond this host, without a secret: anyone who can reach it can add users; set -secret or -secret-file"
         );
     }
-    let panel_token = match config.panel.as_ref().and_then(|p| p.token.as_ref()) {
-        None => None,
-        Some(Secret::Value(s)) => Some(s.clone()),
-        Some(Secret::File(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("-panel-token-file {}: {e}", path.display()))?;
-            let token = text.trim().to_string();
-            if token.is_empty() {
-                return Err(format!(
-                    "-panel-token-file {}: the file is empty",
-                    path.display()
-                ));
-            }
-            Some(token)
-        }
-    };
+    let panel_token = read_secret(
+        config.panel.as_ref().and_then(|p| p.token.as_ref()),
+        "-panel-token-file",
+    )?;
     let (state, initial_users) = match &config.state {
         Some(path) => {
             let (state, users) = StateFile::open(path)?;
